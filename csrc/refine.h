@@ -1,0 +1,49 @@
+// Shared pieces of the svs::refine operator: input checks, the sigma-map, shape grouping and the
+// bias rule. Every device kernel uses these, so the semantics live in one place.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace svs {
+
+using OptionalTensorList = c10::List<std::optional<at::Tensor>>;
+using RefineResult = std::tuple<std::vector<at::Tensor>, OptionalTensorList>;
+
+// f applied to the singular values. Singular values at or below the rank threshold are treated
+// as exact zeros by every map: the null space of W defines no direction to scale.
+struct SigmaMap {
+  enum class Kind { Sqrt, Log1p, AbsLog, Power, Ones, Spectral, Square, Identity };
+  Kind kind;
+  double power = 1.0;  // only for Kind::Power
+};
+
+SigmaMap parse_map(const std::string& name);
+
+// Throws a c10::Error naming the offending index (weights[i] / biases[i]) for: an empty list,
+// a bias list of another length, ndim < 2, an empty or non-float tensor, NaN/Inf, a bias that is
+// not 1-D with shape[0] elements, tensors on different devices, a non-positive or non-finite eps.
+void check_inputs(at::TensorList weights, const OptionalTensorList& biases, double eps);
+
+// Indices of the weights grouped by their flattened (rows, cols) shape, in first-seen order of shape.
+std::vector<std::pair<std::pair<int64_t, int64_t>, std::vector<int64_t>>> group_by_shape(
+    at::TensorList weights);
+
+// f(s) for a batch of singular values s (..., k) whose per-matrix largest value is s_max (..., 1);
+// zero where keep is false.
+at::Tensor apply_map(const at::Tensor& s, const at::Tensor& s_max, const at::Tensor& keep,
+                     const SigmaMap& map);
+
+// b / sqrt(||b||_2 + eps), computed in float64, returned in b's dtype.
+at::Tensor scale_bias(const at::Tensor& bias, double eps);
+
+// Relative threshold below which a singular value counts as zero: max(m, n) * eps(dtype),
+// the usual numerical-rank tolerance (numpy.linalg.matrix_rank).
+double rank_tolerance(int64_t rows, int64_t cols, at::ScalarType compute_dtype);
+
+}  // namespace svs

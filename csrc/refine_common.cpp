@@ -1,0 +1,155 @@
+// Device-independent parts of svs::refine and the operator schema.
+#include "refine.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+
+namespace svs {
+
+SigmaMap parse_map(const std::string& name) {
+  using K = SigmaMap::Kind;
+  static const std::map<std::string, K> named = {
+      {"sqrt", K::Sqrt},   {"log1p", K::Log1p},       {"abslog", K::AbsLog}, {"ones", K::Ones},
+      {"spectral", K::Spectral}, {"square", K::Square}, {"identity", K::Identity}};
+  auto it = named.find(name);
+  if (it != named.end()) return {it->second, 1.0};
+  const std::string prefix = "power:";
+  if (name.rfind(prefix, 0) == 0) {
+    const std::string text = name.substr(prefix.size());
+    size_t used = 0;
+    double p = std::numeric_limits<double>::quiet_NaN();
+    try {
+      p = std::stod(text, &used);
+    } catch (const std::exception&) {
+    }
+    TORCH_CHECK(used == text.size() && std::isfinite(p),
+                "svs.refine: map 'power:<p>' needs a finite number p, got '", name, "'");
+    return {K::Power, p};
+  }
+  TORCH_CHECK(false, "svs.refine: unknown map '", name,
+              "'; expected one of sqrt, log1p, abslog, power:<p>, ones, spectral, square, identity");
+}
+
+void check_inputs(at::TensorList weights, const OptionalTensorList& biases, double eps) {
+  TORCH_CHECK(!weights.empty(), "svs.refine: the weights list is empty");
+  TORCH_CHECK(biases.size() == weights.size(), "svs.refine: got ", weights.size(),
+              " weights but ", biases.size(), " biases; pass one bias (or None) per weight");
+  TORCH_CHECK(std::isfinite(eps) && eps > 0, "svs.refine: eps must be finite and > 0, got ", eps);
+  const auto device = weights[0].device();
+  auto check_tensor = [&](const at::Tensor& t, const char* what, size_t i) {
+    TORCH_CHECK(t.device() == device, "svs.refine: ", what, "[", i, "] is on ", t.device(),
+                " but weights[0] is on ", device);
+    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "svs.refine: ", what, "[", i,
+                "] has dtype ", t.scalar_type(), "; expected float16, bfloat16, float32 or float64");
+    TORCH_CHECK(t.numel() > 0, "svs.refine: ", what, "[", i, "] is empty (shape ", t.sizes(), ")");
+    TORCH_CHECK(at::isfinite(t).all().item<bool>(), "svs.refine: ", what, "[", i,
+                "] (shape ", t.sizes(), ") contains NaN or Inf");
+  };
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const auto& w = weights[i];
+    TORCH_CHECK(w.dim() >= 2, "svs.refine: weights[", i, "] has shape ", w.sizes(),
+                "; SVS needs a tensor with ndim >= 2 (flattened to (shape[0], -1))");
+    check_tensor(w, "weights", i);
+    const std::optional<at::Tensor> b = biases[i];
+    if (!b.has_value()) continue;
+    check_tensor(*b, "biases", i);
+    TORCH_CHECK(b->dim() == 1 && b->size(0) == w.size(0), "svs.refine: biases[", i,
+                "] has shape ", b->sizes(), " but weights[", i, "] has ", w.size(0),
+                " output rows; expected shape [", w.size(0), "]");
+  }
+}
+
+std::vector<std::pair<std::pair<int64_t, int64_t>, std::vector<int64_t>>> group_by_shape(
+    at::TensorList weights) {
+  std::vector<std::pair<std::pair<int64_t, int64_t>, std::vector<int64_t>>> groups;
+  std::map<std::pair<int64_t, int64_t>, size_t> slot;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const int64_t rows = weights[i].size(0);
+    const std::pair<int64_t, int64_t> shape{rows, weights[i].numel() / rows};
+    auto [it, fresh] = slot.emplace(shape, groups.size());
+    if (fresh) groups.push_back({shape, {}});
+    groups[it->second].second.push_back(static_cast<int64_t>(i));
+  }
+  return groups;
+}
+
+at::Tensor apply_map(const at::Tensor& s, const at::Tensor& s_max, const at::Tensor& keep,
+                     const SigmaMap& map) {
+  using K = SigmaMap::Kind;
+  at::Tensor f;
+  switch (map.kind) {
+    case K::Sqrt: f = s.sqrt(); break;
+    case K::Log1p: f = s.log1p(); break;
+    case K::AbsLog: f = s.log().abs(); break;
+    case K::Power: f = s.pow(map.power); break;
+    case K::Ones: f = at::ones_like(s); break;
+    case K::Spectral: f = s / s_max; break;
+    case K::Square: f = s * s; break;
+    case K::Identity: f = s; break;
+  }
+  return at::where(keep, f, at::zeros_like(f));
+}
+
+at::Tensor scale_bias(const at::Tensor& bias, double eps) {
+  const at::Tensor b = bias.to(at::kDouble);
+  return (b / (b.norm() + eps).sqrt()).to(bias.scalar_type());
+}
+
+double rank_tolerance(int64_t rows, int64_t cols, at::ScalarType compute_dtype) {
+  const double eps = compute_dtype == at::kDouble ? std::numeric_limits<double>::epsilon()
+                                                  : std::numeric_limits<float>::epsilon();
+  return static_cast<double>(std::max(rows, cols)) * eps;
+}
+
+namespace {
+
+// In place, one shape group at a time, so the peak extra memory is one group's result, not the
+// model's. Every input is checked before the first write; only a solver failure can stop it
+// part-way (svs.refine_model uses the functional op when it must be all-or-nothing).
+void refine_inplace(at::TensorList weights, const OptionalTensorList& biases,
+                    const std::string& map, double eps, const std::string& method) {
+  check_inputs(weights, biases, eps);
+  parse_map(map);
+  static auto refine_op = c10::Dispatcher::singleton()
+                              .findSchemaOrThrow("svs::refine", "")
+                              .typed<RefineResult(at::TensorList, const OptionalTensorList&,
+                                                  c10::string_view, double, c10::string_view)>();
+  for (const auto& group : group_by_shape(weights)) {
+    std::vector<at::Tensor> group_weights;
+    OptionalTensorList group_biases;
+    for (int64_t i : group.second) {
+      group_weights.push_back(weights[i]);
+      group_biases.push_back(biases[i]);
+    }
+    auto [new_weights, new_biases] = refine_op.call(group_weights, group_biases, map, eps, method);
+    for (size_t j = 0; j < group.second.size(); ++j) {
+      const int64_t i = group.second[j];
+      weights[i].copy_(new_weights[j]);
+      const std::optional<at::Tensor> nb = new_biases[j];
+      if (nb.has_value()) biases.get(i)->copy_(*nb);
+    }
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY(svs, m) {
+  m.def(
+      "refine(Tensor[] weights, Tensor?[] biases, str map=\"sqrt\", float eps=1e-08, "
+      "str method=\"auto\") -> (Tensor[], Tensor?[])");
+  m.def(
+      "refine_(Tensor(a!)[] weights, Tensor(b!)?[] biases, str map=\"sqrt\", float eps=1e-08, "
+      "str method=\"auto\") -> ()");
+}
+
+TORCH_LIBRARY_IMPL(svs, CompositeExplicitAutograd, m) {
+  m.impl("refine_", [](at::TensorList weights, const OptionalTensorList& biases,
+                       c10::string_view map, double eps, c10::string_view method) {
+    refine_inplace(weights, biases, std::string(map), eps, std::string(method));
+  });
+}
+
+}  // namespace svs

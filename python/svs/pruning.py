@@ -1,0 +1,82 @@
+"""Structured pruning of diffusers UNets with Torch-Pruning, as Diff-Pruning does it.
+
+Needs the optional dependencies ``diffusers`` and ``torch-pruning`` (``pip install svs-kernels[prune]``).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+from torch import nn
+
+# google/ddpm-cifar10-32 (the checkpoint Diff-Pruning prunes), written out so it builds offline.
+DDPM_CIFAR10_CONFIG: Dict[str, Any] = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=2,
+    block_out_channels=(128, 256, 256, 256),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    attention_head_dim=None,
+    norm_num_groups=32,
+    norm_eps=1e-6,
+    downsample_padding=0,
+    flip_sin_to_cos=False,
+    freq_shift=1,
+    act_fn="silu",
+    mid_block_scale_factor=1,
+    center_input_sample=False,
+)
+
+
+def build_ddpm_cifar10(seed: int = 0) -> nn.Module:
+    """The CIFAR-10 DDPM UNet (35.7M parameters) with random weights, built offline."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(**DDPM_CIFAR10_CONFIG).eval()
+
+
+def prune_unet(unet: nn.Module, pruning_ratio: float, importance: str = "magnitude") -> nn.Module:
+    """Prunes a diffusers ``UNet2DModel`` in place, channel-wise, keeping ``conv_out`` whole.
+
+    ``importance`` is ``"magnitude"`` (L2 magnitude). The module attributes that diffusers checks
+    at run time (``channels`` of up/down-samplers) are updated so the pruned model still runs.
+    """
+    import torch_pruning as tp
+
+    if importance != "magnitude":
+        raise ValueError(f"unknown importance {importance!r}; expected 'magnitude'")
+    if not 0.0 <= pruning_ratio < 1.0:
+        raise ValueError(f"pruning_ratio must be in [0, 1), got {pruning_ratio}")
+    size = unet.config.sample_size
+    example = {
+        "sample": torch.randn(1, unet.config.in_channels, size, size),
+        "timestep": torch.ones((1,), dtype=torch.long),
+    }
+    pruner = tp.pruner.BasePruner(
+        unet,
+        example,
+        importance=tp.importance.MagnitudeImportance(p=2),
+        pruning_ratio=pruning_ratio,
+        ignored_layers=[unet.conv_out],
+    )
+    pruner.step()
+    _sync_channel_attributes(unet)
+    return unet
+
+
+def _sync_channel_attributes(unet: nn.Module) -> None:
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.upsampling import Upsample2D
+
+    for module in unet.modules():
+        if isinstance(module, (Downsample2D, Upsample2D)) and getattr(module, "conv", None) is not None:
+            module.channels = module.conv.in_channels
+            module.out_channels = module.conv.out_channels
+
+
+def pruned_ddpm_cifar10(pruning_ratio: float = 0.5, seed: int = 0) -> nn.Module:
+    """The CIFAR-10 DDPM UNet with random weights, pruned by ``pruning_ratio`` (magnitude)."""
+    return prune_unet(build_ddpm_cifar10(seed), pruning_ratio)

@@ -1,0 +1,51 @@
+"""Builds svs_kernels._C (the svs::refine operator) and installs the `svs` and `svs_kernels` packages.
+
+The CUDA kernels are built when the installed torch is a CUDA build and a CUDA toolkit is found
+(`torch.version.cuda` and `CUDA_HOME`); otherwise only the CPU kernel is built. Checking
+`torch.cuda.is_available()` instead would wrongly skip CUDA on a GPU build host without a GPU.
+Build with `pip install --no-build-isolation -e .` so the installed torch is used.
+"""
+import glob
+import os
+
+from setuptools import setup
+from torch.utils import cpp_extension
+
+CPU_SOURCES = sorted(glob.glob("csrc/*.cpp"))
+CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
+# sm_90 machine code for H100/H200, plus PTX so newer GPUs can JIT-compile it.
+NVCC_FLAGS = ["-O3", "-gencode=arch=compute_90,code=sm_90", "-gencode=arch=compute_90,code=compute_90"]
+
+
+def build_cuda() -> bool:
+    if os.environ.get("SVS_FORCE_CPU") == "1":
+        return False
+    import torch
+
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and bool(CUDA_SOURCES)
+
+
+def extension():
+    common = dict(include_dirs=[os.path.abspath("csrc")], extra_compile_args={"cxx": ["-O3"]})
+    if build_cuda():
+        common["extra_compile_args"]["nvcc"] = NVCC_FLAGS
+        common["extra_compile_args"]["cxx"].append("-DSVS_WITH_CUDA")
+        return cpp_extension.CUDAExtension(
+            "svs_kernels._C", CPU_SOURCES + CUDA_SOURCES, libraries=["cusolver", "cublas"], **common
+        )
+    return cpp_extension.CppExtension("svs_kernels._C", CPU_SOURCES, **common)
+
+
+setup(
+    name="svs-kernels",
+    version="0.1.0",
+    description="Singular Value Scaling (SVS) of pruned weights as a batched PyTorch operator",
+    packages=["svs", "svs_kernels"],
+    package_dir={"svs": "python/svs", "svs_kernels": "svs_kernels"},
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm", "matplotlib"],
+    extras_require={"prune": ["diffusers", "torch-pruning"], "triton": ["triton"]},
+    entry_points={"console_scripts": ["svs = svs.cli:main"]},
+)

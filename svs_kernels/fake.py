@@ -1,0 +1,24 @@
+"""Fake (meta) kernels of the svs operators: output shapes and dtypes without computing anything."""
+from typing import List, Optional, Tuple
+
+import torch
+
+
+@torch.library.register_fake("svs::refine")
+def _refine_fake(
+    weights: List[torch.Tensor],
+    biases: List[Optional[torch.Tensor]],
+    map: str = "sqrt",
+    eps: float = 1e-8,
+    method: str = "auto",
+) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
+    torch._check(len(weights) > 0, lambda: "svs.refine: the weights list is empty")
+    torch._check(len(biases) == len(weights), lambda: "svs.refine: one bias (or None) per weight")
+    new_weights = [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+    new_biases = [None if b is None else torch.empty_like(b, memory_format=torch.contiguous_format) for b in biases]
+    return new_weights, new_biases
+
+
+@torch.library.register_fake("svs::refine_")
+def _refine_inplace_fake(weights, biases, map="sqrt", eps=1e-8, method="auto") -> None:
+    return None

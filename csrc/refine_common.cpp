@@ -134,6 +134,21 @@ void refine_inplace(at::TensorList weights, const OptionalTensorList& biases,
   }
 }
 
+// Reference and fallback of svs::_reconstruct: one matmul per matrix. The Triton grouped kernel
+// registers itself for CUDA (svs_kernels.triton_reconstruct) and takes precedence there.
+void reconstruct_composite(at::TensorList u, at::TensorList s, at::TensorList vh,
+                           at::TensorList out, c10::string_view map_name) {
+  const SigmaMap map = parse_map(std::string(map_name));
+  TORCH_CHECK(u.size() == s.size() && s.size() == vh.size() && vh.size() == out.size(),
+              "svs._reconstruct: u, s, vh and out must have the same length");
+  for (size_t i = 0; i < u.size(); ++i) {
+    const at::Tensor& si = s[i];
+    const at::Tensor s_max = si.max().reshape({1});
+    const at::Tensor fs = apply_map(si, s_max, si > 0, map).to(u[i].scalar_type());
+    out[i].copy_(at::matmul(u[i] * fs.unsqueeze(0), vh[i]));
+  }
+}
+
 }  // namespace
 
 TORCH_LIBRARY(svs, m) {
@@ -143,6 +158,11 @@ TORCH_LIBRARY(svs, m) {
   m.def(
       "refine_(Tensor(a!)[] weights, Tensor(b!)?[] biases, str map=\"sqrt\", float eps=1e-08, "
       "str method=\"auto\") -> ()");
+  // Internal: out[i] = U_i diag(f(s_i)) Vh_i for every i, with U_i (m_i, k_i), s_i (k_i),
+  // Vh_i (k_i, n_i) and out[i] a (m_i, n_i) view of the final output tensor (any float dtype).
+  // f uses s_max = max(s_i); entries s == 0 map to 0 (producers zero every singular value under
+  // their rank tolerance before calling this).
+  m.def("_reconstruct(Tensor[] u, Tensor[] s, Tensor[] vh, Tensor(a!)[] out, str map=\"sqrt\") -> ()");
 }
 
 TORCH_LIBRARY_IMPL(svs, CompositeExplicitAutograd, m) {
@@ -150,6 +170,7 @@ TORCH_LIBRARY_IMPL(svs, CompositeExplicitAutograd, m) {
                        c10::string_view map, double eps, c10::string_view method) {
     refine_inplace(weights, biases, std::string(map), eps, std::string(method));
   });
+  m.impl("_reconstruct", &reconstruct_composite);
 }
 
 }  // namespace svs

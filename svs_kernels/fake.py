@@ -22,3 +22,8 @@ def _refine_fake(
 @torch.library.register_fake("svs::refine_")
 def _refine_inplace_fake(weights, biases, map="sqrt", eps=1e-8, method="auto") -> None:
     return None
+
+
+@torch.library.register_fake("svs::_reconstruct")
+def _reconstruct_fake(u, s, vh, out, map="sqrt") -> None:
+    return None

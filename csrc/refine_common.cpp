@@ -149,6 +149,15 @@ void reconstruct_composite(at::TensorList u, at::TensorList s, at::TensorList vh
   }
 }
 
+// Reached when no backend kernel matches: an empty list (no tensor to dispatch on) or a device
+// this build has no kernel for. Turns the dispatcher's generic message into a clear one.
+RefineResult refine_no_kernel(at::TensorList weights, const OptionalTensorList& biases,
+                              c10::string_view, double eps, c10::string_view) {
+  check_inputs(weights, biases, eps);
+  TORCH_CHECK(false, "svs.refine: this build has no kernel for ", weights[0].device().type(),
+              " tensors (svs_kernels.has_cuda_kernel() tells whether CUDA was built)");
+}
+
 }  // namespace
 
 TORCH_LIBRARY(svs, m) {
@@ -171,6 +180,7 @@ TORCH_LIBRARY_IMPL(svs, CompositeExplicitAutograd, m) {
     refine_inplace(weights, biases, std::string(map), eps, std::string(method));
   });
   m.impl("_reconstruct", &reconstruct_composite);
+  m.impl("refine", &refine_no_kernel);
 }
 
 }  // namespace svs

@@ -1,0 +1,26 @@
+"""svs: Singular Value Scaling (Kim & Yoo, AAAI 2025) of pruned models, fast and batched.
+
+    import svs
+    report = svs.refine_model(model, preset="ddpm")   # whole model, in place, all-or-nothing
+    print(report)
+    new_w, new_b = svs.refine([w1, w2], [b1, None])    # any tensors, one operator call
+"""
+from .ops import MAPS, refine, refine_
+from .presets import PRESETS, Role, select
+from .model import RefineError, refine_model, refine_state_dict
+from .report import ParamRecord, RefineReport
+
+__all__ = [
+    "MAPS",
+    "PRESETS",
+    "ParamRecord",
+    "RefineError",
+    "RefineReport",
+    "Role",
+    "refine",
+    "refine_",
+    "refine_model",
+    "refine_state_dict",
+    "select",
+]
+__version__ = "0.1.0"

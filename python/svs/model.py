@@ -1,0 +1,178 @@
+"""SVS of a whole model or state dict: select parameters, refine them in one operator call,
+report what changed. All-or-nothing: on any error nothing is modified."""
+from __future__ import annotations
+
+import re
+import time
+from collections import defaultdict
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from . import ops
+from .presets import Role, paired_weight, select
+from .report import ParamRecord, RefineReport
+from .spectrum import singular_values
+
+
+class RefineError(RuntimeError):
+    """A parameter could not be refined; the message names it. Nothing was modified."""
+
+
+def refine_tensors(
+    named: Dict[str, torch.Tensor],
+    *,
+    preset: str = "generic",
+    include: Optional[str] = None,
+    exclude: Optional[str] = None,
+    map: str = "sqrt",
+    method: str = "auto",
+    eps: float = 1e-8,
+    dry_run: bool = False,
+    stats: bool = True,
+    progress: bool = False,
+) -> Tuple[Dict[str, torch.Tensor], RefineReport]:
+    """New values of the selected tensors of ``named`` (not modified) and the report.
+
+    See :func:`refine_model` for the arguments. Returns ``({}, report)`` when ``dry_run``.
+    """
+    roles = select(named, preset, include, exclude)
+    weights = [n for n, r in roles.items() if r is Role.WEIGHT]
+    if not weights:
+        raise ValueError(
+            f"preset {preset!r} with include={include!r}, exclude={exclude!r} selects no weight "
+            f"among {len(named)} tensors"
+        )
+    bias_of = {paired_weight(n): n for n, r in roles.items() if r is Role.BIAS}
+    device = named[weights[0]].device
+    start = time.perf_counter()
+
+    new: Dict[str, torch.Tensor] = {}
+    if not dry_run:
+        for chunk in _chunks(weights, named, progress):
+            w = [named[n] for n in chunk]
+            b = [named[bias_of[n]] if n in bias_of else None for n in chunk]
+            new_w, new_b = _call_refine(chunk, bias_of, w, b, map=map, eps=eps, method=method)
+            for n, t, nb in zip(chunk, new_w, new_b):
+                new[n] = t
+                if nb is not None:
+                    new[bias_of[n]] = nb
+        for name, role in roles.items():
+            if role is Role.RESET_ONE:
+                new[name] = torch.ones_like(named[name])
+            elif role is Role.RESET_ZERO:
+                new[name] = torch.zeros_like(named[name])
+    seconds = time.perf_counter() - start
+
+    before = singular_values([named[n] for n in weights]) if stats else [None] * len(weights)
+    after = singular_values([new[n] for n in weights]) if stats and not dry_run else [None] * len(weights)
+    route = f"{device.type}:{method}"
+    records: List[ParamRecord] = []
+    for name, role in roles.items():
+        if role is Role.SKIP:
+            continue
+        t = named[name]
+        rec = ParamRecord(name, tuple(t.shape), role.value, route if role is Role.WEIGHT else role.value)
+        if role is Role.WEIGHT and stats:
+            i = weights.index(name)
+            rec.before_max, rec.before_min = float(before[i][0]), float(before[i][-1])
+            if after[i] is not None:
+                rec.after_max, rec.after_min = float(after[i][0]), float(after[i][-1])
+        elif role is Role.BIAS:
+            rec.route = "b/sqrt(|b|+eps)"
+            rec.before_max = float(t.detach().double().norm())
+            if name in new:
+                rec.after_max = float(new[name].double().norm())
+        records.append(rec)
+    report = RefineReport(records, map=map, method=method, device=str(device), dry_run=dry_run, seconds=seconds)
+    return new, report
+
+
+def _chunks(weights: List[str], named: Dict[str, torch.Tensor], progress: bool) -> List[List[str]]:
+    """One chunk (one operator call) normally; with ``progress``, one per shape group so a bar can
+    advance (each group is still a single batched decomposition)."""
+    if not progress:
+        return [weights]
+    from tqdm.auto import tqdm
+
+    groups: Dict[tuple, List[str]] = defaultdict(list)
+    for n in weights:
+        t = named[n]
+        groups[(t.shape[0], t[0].numel())].append(n)
+    bar = tqdm(total=len(weights), desc="SVS", unit="matrix")
+
+    class _Tracked(list):
+        def __iter__(self):
+            for chunk in super().__iter__():
+                yield chunk
+                bar.update(len(chunk))
+            bar.close()
+
+    return _Tracked(groups.values())
+
+
+def _call_refine(names, bias_of, w, b, **kwargs):
+    """The operator call, with its ``weights[i]`` / ``biases[i]`` in errors replaced by names."""
+    try:
+        return ops.refine(w, b, **kwargs)
+    except RuntimeError as err:
+        def name_of(m: re.Match) -> str:
+            weight = names[int(m.group(2))]
+            name = weight if m.group(1) == "weights" else bias_of[weight]
+            return f"parameter '{name}'"
+
+        message = str(err).splitlines()[0] if str(err) else repr(err)
+        raise RefineError(re.sub(r"(weights|biases)\[(\d+)\]", name_of, message)) from err
+
+
+def refine_model(
+    model: nn.Module,
+    preset: str = "generic",
+    include: Optional[str] = None,
+    exclude: Optional[str] = None,
+    map: str = "sqrt",
+    method: str = "auto",
+    eps: float = 1e-8,
+    dry_run: bool = False,
+    stats: bool = True,
+    progress: bool = False,
+) -> RefineReport:
+    """Applies Singular Value Scaling to ``model`` in place and returns a report.
+
+    Args:
+        model: any module; its parameters may live on the CPU or one GPU.
+        preset: the layer rule: ``ddpm`` (every non-norm weight and bias; norm layers reset to
+            weight 1, bias 0 first, as the authors' DDPM code does), ``stylegan2`` / ``stylegan3``
+            (synthesis network only: convs, affines, ToRGB), ``generic`` (every weight with
+            ndim >= 2 and its bias).
+        include / exclude: regular expressions on parameter names narrowing the preset.
+        map, method, eps: as in :func:`svs.refine`.
+        dry_run: only report what would be refined (with the current spectra).
+        stats: measure the extreme singular values before and after (two extra ``svdvals`` passes).
+        progress: show a progress bar (one operator call per shape group instead of one in all).
+
+    Raises:
+        RefineError: a selected parameter has NaN/Inf or could not be decomposed; the message names
+            it and no parameter of ``model`` was changed.
+    """
+    params = dict(model.named_parameters())
+    named = {n: p.detach() for n, p in params.items()}
+    new, report = refine_tensors(
+        named, preset=preset, include=include, exclude=exclude, map=map, method=method,
+        eps=eps, dry_run=dry_run, stats=stats, progress=progress,
+    )
+    with torch.no_grad():
+        for name, value in new.items():
+            params[name].copy_(value)
+    return report
+
+
+def refine_state_dict(
+    state: Dict[str, torch.Tensor], **kwargs
+) -> Tuple[Dict[str, torch.Tensor], RefineReport]:
+    """Like :func:`refine_model` for a state dict: returns a new dict (entries that are not
+    refined are shared with ``state``) and the report. Keyword arguments as for refine_model."""
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    new, report = refine_tensors(tensors, **kwargs)
+    return {**state, **new}, report

@@ -1,0 +1,91 @@
+"""What a refinement did, parameter by parameter, as a table a person can read and JSON."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, List, Optional, Tuple
+
+
+@dataclasses.dataclass
+class ParamRecord:
+    """One parameter: for weights the extreme singular values before and after (after = None when
+    not refined or not measured); for biases the L2 norm."""
+
+    name: str
+    shape: Tuple[int, ...]
+    role: str
+    route: str
+    before_max: Optional[float] = None
+    before_min: Optional[float] = None
+    after_max: Optional[float] = None
+    after_min: Optional[float] = None
+
+
+@dataclasses.dataclass
+class RefineReport:
+    """Result of :func:`svs.refine_model` / :func:`svs.refine_state_dict`."""
+
+    records: List[ParamRecord]
+    map: str
+    method: str
+    device: str
+    dry_run: bool
+    seconds: float = 0.0
+
+    @property
+    def weights(self) -> List[ParamRecord]:
+        return [r for r in self.records if r.role == "weight"]
+
+    @property
+    def biases(self) -> List[ParamRecord]:
+        return [r for r in self.records if r.role == "bias"]
+
+    def totals(self) -> Dict[str, Any]:
+        def numel(records):
+            total = 0
+            for r in records:
+                n = 1
+                for d in r.shape:
+                    n *= d
+                total += n
+            return total
+
+        return {
+            "weights": len(self.weights),
+            "biases": len(self.biases),
+            "resets": sum(r.role.startswith("reset") for r in self.records),
+            "shapes": len({(r.shape[0], numel([r]) // max(r.shape[0], 1)) for r in self.weights}),
+            "params_refined": numel(self.weights) + numel(self.biases),
+            "seconds": round(self.seconds, 4),
+        }
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "map": self.map,
+            "method": self.method,
+            "device": self.device,
+            "dry_run": self.dry_run,
+            "totals": self.totals(),
+            "records": [dataclasses.asdict(r) for r in self.records],
+        }
+
+    def __str__(self) -> str:
+        def num(x: Optional[float]) -> str:
+            return "-" if x is None else f"{x:.4g}"
+
+        header = ("parameter", "shape", "role", "route", "s_max", "s_min", "s_max'", "s_min'")
+        rows = [
+            (r.name, "x".join(map(str, r.shape)), r.role, r.route, num(r.before_max),
+             num(r.before_min), num(r.after_max), num(r.after_min))
+            for r in self.records
+        ]
+        widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+        line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+        t = self.totals()
+        verb = "would refine" if self.dry_run else "refined"
+        summary = (
+            f"SVS map={self.map} method={self.method} device={self.device}: {verb} {t['weights']} weights "
+            f"({t['shapes']} shapes) and {t['biases']} biases, {t['params_refined']:,} parameters; "
+            f"{t['resets']} norm parameters reset; {t['seconds']:.3f} s"
+        )
+        note = "(for biases s_max/s_min' columns show ||b|| before/after)"
+        return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows] + [summary, note])

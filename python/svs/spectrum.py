@@ -1,0 +1,67 @@
+"""Singular value statistics of many matrices, batched by shape, and the spectrum plot."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+
+def singular_values(tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """Singular values (descending, float64, on the CPU) of each tensor flattened to (shape[0], -1);
+    one batched ``svdvals`` per shape, on the tensors' device."""
+    groups: Dict[tuple, List[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        groups[(t.shape[0], t[0].numel())].append(i)
+    out: List[Optional[torch.Tensor]] = [None] * len(tensors)
+    with torch.no_grad():
+        for (rows, cols), idx in groups.items():
+            batch = torch.stack([tensors[i].detach().reshape(rows, cols).to(torch.float64) for i in idx])
+            for i, s in zip(idx, torch.linalg.svdvals(batch).cpu()):
+                out[i] = s
+    return out  # type: ignore[return-value]
+
+
+def plot_spectra(
+    spectra: Dict[str, Sequence[torch.Tensor]],
+    path: str,
+    title: str = "Singular values of the selected weights",
+) -> None:
+    """Distribution of all singular values (log-spaced bins, fraction per bin), one curve per entry of ``spectra``,
+    e.g. ``{"pruned": before, "pruned + SVS": after}``: the paper's Figure 1(b)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = {k: torch.cat([s.flatten() for s in v]).numpy() for k, v in spectra.items()}
+    positive = np.concatenate([v[v > 0] for v in values.values()])
+    bins = np.logspace(np.log10(positive.min()), np.log10(positive.max()), 60)
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    for label, v in values.items():
+        kept = v[v > 0]
+        weights = np.full(len(kept), 1.0 / max(len(v), 1))  # share of all values, zeros included
+        ax.hist(kept, bins=bins, weights=weights, histtype="step", linewidth=1.6, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("singular value")
+    ax.set_ylabel("fraction of singular values")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def describe(s: torch.Tensor) -> Dict[str, float]:
+    """Max, min, condition number and the share of the spectrum's energy in its top 10 %."""
+    s_max, s_min = float(s[0]), float(s[-1])
+    top = max(1, len(s) // 10)
+    energy = float((s[:top] ** 2).sum() / (s**2).sum()) if s_max > 0 else 0.0
+    return {
+        "s_max": s_max,
+        "s_min": s_min,
+        "kappa": s_max / s_min if s_min > 0 else float("inf"),
+        "top10_energy": energy,
+    }
+

@@ -1,0 +1,146 @@
+"""svs.refine_model: presets against the authors' per-parameter rules, selection, all-or-nothing."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import svs
+from conftest import assert_matches, reference_bias, reference_refine
+
+pytest.importorskip("diffusers")
+pytest.importorskip("torch_pruning")
+
+
+def authors_ddpm_reference(model: nn.Module) -> dict:
+    """The authors' DDPM procedure, literally, one parameter at a time in float64: reset every
+    GroupNorm to 1/0, then for each named parameter without 'norm' in its name scale 'weight'
+    (ndim >= 2) by U sqrt(S) V^T and 'bias' by b / sqrt(||b|| + 1e-8)."""
+    expected = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.GroupNorm):
+            expected[f"{module_name}.weight"] = np.ones(module.weight.shape)
+            expected[f"{module_name}.bias"] = np.zeros(module.bias.shape)
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            continue
+        if "weight" in name and p.ndim >= 2:
+            expected[name] = reference_refine(p)
+        elif "bias" in name:
+            expected[name] = reference_bias(p)
+    return expected
+
+
+@pytest.fixture(scope="module")
+def pruned_ddpm():
+    from svs.pruning import pruned_ddpm_cifar10
+
+    return pruned_ddpm_cifar10(0.5, seed=1)
+
+
+def test_ddpm_preset_matches_authors_rules_parameter_by_parameter(pruned_ddpm):
+    model = pruned_ddpm
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    expected = authors_ddpm_reference(model)
+    report = svs.refine_model(model, preset="ddpm")
+    assert len(report.weights) == 113 and len(report.biases) == 113
+    for name, p in model.named_parameters():
+        if name in expected:
+            assert_matches(p.detach(), expected[name])
+        else:
+            assert torch.equal(p, before[name]), f"{name} should not change"
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 500])
+    assert torch.isfinite(model(x, t).sample).all()
+
+
+class TinyStyleGAN(nn.Module):
+    """Parameter names as in the official StyleGAN2/3 generator."""
+
+    def __init__(self):
+        super().__init__()
+        self.mapping = nn.ModuleDict({"fc0": nn.Linear(8, 8)})
+        block = nn.Module()
+        block.const = nn.Parameter(torch.randn(16, 4, 4))
+        conv = nn.Module()
+        conv.weight = nn.Parameter(torch.randn(16, 16, 3, 3))
+        conv.bias = nn.Parameter(torch.randn(16))
+        conv.noise_strength = nn.Parameter(torch.tensor(0.1))
+        conv.affine = nn.Linear(8, 16)
+        block.conv1 = conv
+        block.torgb = nn.Conv2d(16, 3, 1)
+        self.synthesis = nn.ModuleDict({"b4": block})
+
+
+def test_stylegan_preset_selects_synthesis_only():
+    g = TinyStyleGAN()
+    before = {n: p.detach().clone() for n, p in g.named_parameters()}
+    report = svs.refine_model(g, preset="stylegan2")
+    changed = {n for n, p in g.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {
+        "synthesis.b4.conv1.weight", "synthesis.b4.conv1.bias", "synthesis.b4.conv1.affine.weight",
+        "synthesis.b4.conv1.affine.bias", "synthesis.b4.torgb.weight", "synthesis.b4.torgb.bias",
+    }
+    assert {r.name for r in report.records} == changed
+    assert_matches(g.synthesis.b4.conv1.weight.detach(), reference_refine(before["synthesis.b4.conv1.weight"]))
+
+
+def test_stylegan_preset_on_the_synthesis_network_itself():
+    g = TinyStyleGAN()
+    report = svs.refine_model(g.synthesis, preset="stylegan3")
+    assert len(report.weights) == 3
+
+
+def test_generic_include_exclude_and_bias_pairing():
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Conv2d(5, 4, 3), nn.LayerNorm(4))
+    report = svs.refine_model(model, exclude=r"^2\.weight$", dry_run=True)
+    assert [r.name for r in report.records] == ["0.weight", "0.bias"]  # 2.bias has no refined weight
+    report = svs.refine_model(model, include=r"^2\.", dry_run=True)
+    assert [r.name for r in report.records] == ["2.weight", "2.bias"]
+    with pytest.raises(ValueError, match="selects no weight"):
+        svs.refine_model(model, include="nothing-matches")
+    with pytest.raises(ValueError, match="unknown preset"):
+        svs.refine_model(model, preset="vit")
+
+
+def test_dry_run_changes_nothing_and_reports_spectra():
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3))
+    before = [p.detach().clone() for p in model.parameters()]
+    report = svs.refine_model(model, dry_run=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+    s = torch.linalg.svdvals(before[0].double())
+    assert report.weights[0].before_max == pytest.approx(float(s[0]), rel=1e-12)
+    assert report.weights[0].after_max is None and "would refine 2 weights" in str(report)
+
+
+def test_report_after_spectra_are_the_mapped_spectra():
+    model = nn.Sequential(nn.Linear(20, 10))
+    s = torch.linalg.svdvals(model[0].weight.detach().double())
+    report = svs.refine_model(model, map="power:0.25")
+    rec = report.weights[0]
+    assert rec.after_max == pytest.approx(float(s[0] ** 0.25), rel=1e-6)
+    assert rec.after_min == pytest.approx(float(s[-1] ** 0.25), rel=1e-6)
+    table = str(report)
+    assert "0.weight" in table and "refined 1 weights (1 shapes) and 1 biases" in table
+    assert report.to_dict()["totals"]["params_refined"] == 210
+
+
+def test_failure_names_the_parameter_and_changes_nothing(pruned_ddpm):
+    model = pruned_ddpm
+    name = "up_blocks.1.attentions.0.to_k.weight"
+    with torch.no_grad():
+        dict(model.named_parameters())[name][0, 0] = float("inf")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(svs.RefineError, match=f"parameter '{name}'.*NaN or Inf"):
+        svs.refine_model(model, preset="ddpm")
+    for n, p in model.named_parameters():  # GroupNorm not reset either
+        assert torch.equal(p.nan_to_num(), before[n].nan_to_num()), n
+
+
+def test_progress_mode_gives_the_same_result():
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4))
+    b = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4))
+    b.load_state_dict(a.state_dict())
+    svs.refine_model(a)
+    svs.refine_model(b, progress=True)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)

@@ -39,14 +39,16 @@ void check_inputs(at::TensorList weights, const OptionalTensorList& biases, doub
               " weights but ", biases.size(), " biases; pass one bias (or None) per weight");
   TORCH_CHECK(std::isfinite(eps) && eps > 0, "svs.refine: eps must be finite and > 0, got ", eps);
   const auto device = weights[0].device();
+  std::vector<at::Tensor> finite;  // one flag per tensor, read back to the host once
+  std::vector<std::pair<const char*, size_t>> flagged;
   auto check_tensor = [&](const at::Tensor& t, const char* what, size_t i) {
     TORCH_CHECK(t.device() == device, "svs.refine: ", what, "[", i, "] is on ", t.device(),
                 " but weights[0] is on ", device);
     TORCH_CHECK(at::isFloatingType(t.scalar_type()), "svs.refine: ", what, "[", i,
                 "] has dtype ", t.scalar_type(), "; expected float16, bfloat16, float32 or float64");
     TORCH_CHECK(t.numel() > 0, "svs.refine: ", what, "[", i, "] is empty (shape ", t.sizes(), ")");
-    TORCH_CHECK(at::isfinite(t).all().item<bool>(), "svs.refine: ", what, "[", i,
-                "] (shape ", t.sizes(), ") contains NaN or Inf");
+    finite.push_back(at::isfinite(t).all());
+    flagged.emplace_back(what, i);
   };
   for (size_t i = 0; i < weights.size(); ++i) {
     const auto& w = weights[i];
@@ -59,6 +61,13 @@ void check_inputs(at::TensorList weights, const OptionalTensorList& biases, doub
     TORCH_CHECK(b->dim() == 1 && b->size(0) == w.size(0), "svs.refine: biases[", i,
                 "] has shape ", b->sizes(), " but weights[", i, "] has ", w.size(0),
                 " output rows; expected shape [", w.size(0), "]");
+  }
+  const at::Tensor ok = at::stack(finite).cpu();
+  const bool* flags = ok.data_ptr<bool>();
+  for (size_t j = 0; j < flagged.size(); ++j) {
+    const auto [what, i] = flagged[j];
+    const at::Tensor& t = std::string(what) == "weights" ? weights[i] : *biases.get(i);
+    TORCH_CHECK(flags[j], "svs.refine: ", what, "[", i, "] (shape ", t.sizes(), ") contains NaN or Inf");
   }
 }
 
@@ -135,7 +144,7 @@ void refine_inplace(at::TensorList weights, const OptionalTensorList& biases,
 }
 
 // Reference and fallback of svs::_reconstruct: one matmul per matrix. The Triton grouped kernel
-// registers itself for CUDA (svs_kernels.triton_reconstruct) and takes precedence there.
+// registers itself for CUDA (svs_kernels/triton/kernels.py) and takes precedence there.
 void reconstruct_composite(at::TensorList u, at::TensorList s, at::TensorList vh,
                            at::TensorList out, c10::string_view map_name) {
   const SigmaMap map = parse_map(std::string(map_name));

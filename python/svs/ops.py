@@ -31,7 +31,8 @@ def refine(
         map: ``sqrt`` (the paper's), ``log1p``, ``abslog``, ``power:<p>``, ``ones``, ``spectral``,
             ``square`` or ``identity``.
         eps: added to ``||b||`` in the bias rule.
-        method: decomposition route; ``auto`` picks one per matrix. CPU: ``auto``, ``gram``, ``svd``.
+        method: decomposition route; ``auto`` picks one per matrix. CPU: ``auto``, ``gram``, ``svd``;
+            CUDA: ``auto``, ``jacobi``, ``gram``, ``svd`` (see csrc/cuda/planner.h).
 
     Returns:
         ``(new_weights, new_biases)`` in the input shapes and dtypes.

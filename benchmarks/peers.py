@@ -1,0 +1,236 @@
+"""The peers: every way of computing SVS that the benchmark times against each other.
+
+Each peer is a function ``fn(weights, biases) -> (new_weights, new_biases)`` on the tensors of one
+workload (float32, original shapes, on the benchmark device): each weight W is flattened to
+M = (shape[0], -1), replaced by U sqrt(S) V^T and reshaped back; each bias b by
+b / sqrt(||b||_2 + 1e-8). `peers_for(device)` lists them with the reason a peer cannot run.
+
+Our routes: ROUTES below is the one place that lists the `method=` values of torch.ops.svs.refine
+per device. At run time the list is checked against the build: the operator's error message for
+an unknown method names the accepted ones ("... expected auto, svd or gram"); accepted methods
+missing from ROUTES are added, listed ones the build rejects are reported as skipped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+Tensors = List[torch.Tensor]
+OptTensors = List[Optional[torch.Tensor]]
+PeerFn = Callable[[Sequence[torch.Tensor], Sequence[Optional[torch.Tensor]]], Tuple[Tensors, OptTensors]]
+
+# method= values of torch.ops.svs.refine per device: THE list (see the module docstring).
+ROUTES: Dict[str, Tuple[str, ...]] = {
+    "cpu": ("auto", "gram", "svd"),
+    "cuda": ("auto",),
+}
+
+BIAS_EPS = 1e-8
+BASELINE = "torch.linalg.svd per layer"  # the speedup column is relative to this peer
+
+
+@dataclasses.dataclass
+class Peer:
+    name: str
+    fn: Optional[PeerFn]
+    skip: Optional[str] = None  # why it cannot run here (None: it can)
+    note: str = ""
+    ours: bool = False
+
+
+def _scale_bias(b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if b is None:
+        return None
+    return b / torch.sqrt(torch.linalg.vector_norm(b) + BIAS_EPS)
+
+
+# --------------------------------------------------------------------------------------------
+# Peers
+# --------------------------------------------------------------------------------------------
+def authors_numpy_loop(weights, biases):
+    """The authors' loop (LAIT-CVLab/Singular-Value-Scaling): per parameter, to numpy on the CPU,
+    float32 thin SVD, U * sqrt(S) @ Vt, back to a tensor on the parameter's device."""
+    import numpy as np
+
+    out_w, out_b = [], []
+    for w, b in zip(weights, biases):
+        a = w.detach().cpu().numpy()
+        u, s, vt = np.linalg.svd(a.reshape(a.shape[0], -1), full_matrices=False)
+        out_w.append(torch.from_numpy(((u * np.sqrt(s)) @ vt).reshape(a.shape)).to(w.device))
+        if b is None:
+            out_b.append(None)
+        else:
+            bn = b.detach().cpu().numpy()
+            out_b.append(torch.from_numpy(bn / np.sqrt(np.linalg.norm(bn) + BIAS_EPS)).to(b.device))
+    return out_w, out_b
+
+
+def torch_svd_per_layer(weights, biases):
+    """torch.linalg.svd per weight, then (U * sqrt(S)) @ Vh (what users and PEFT initialisers do)."""
+    out_w = []
+    for w in weights:
+        u, s, vh = torch.linalg.svd(w.reshape(w.shape[0], -1), full_matrices=False)
+        out_w.append(((u * s.sqrt().unsqueeze(-2)) @ vh).reshape(w.shape))
+    return out_w, [_scale_bias(b) for b in biases]
+
+
+def group_by_shape(weights) -> Dict[Tuple[int, int], List[int]]:
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for i, w in enumerate(weights):
+        groups.setdefault((w.shape[0], w.numel() // w.shape[0]), []).append(i)
+    return groups
+
+
+def torch_svd_batched(weights, biases):
+    """torch.linalg.svd batched over each group of equal (m, n): stack, one call, unstack."""
+    out_w: List[Optional[torch.Tensor]] = [None] * len(weights)
+    for (m, n), idx in group_by_shape(weights).items():
+        a = torch.stack([weights[i].reshape(m, n) for i in idx])
+        u, s, vh = torch.linalg.svd(a, full_matrices=False)
+        r = (u * s.sqrt().unsqueeze(-2)) @ vh
+        for j, i in enumerate(idx):
+            out_w[i] = r[j].reshape(weights[i].shape)
+    return out_w, [_scale_bias(b) for b in biases]  # type: ignore[return-value]
+
+
+def cupy_svd_per_layer(weights, biases):
+    """cupy.linalg.svd per weight on the GPU (zero-copy through DLPack), (U * sqrt S) @ Vt."""
+    import cupy
+
+    out_w = []
+    for w in weights:
+        a = cupy.from_dlpack(w.detach().reshape(w.shape[0], -1))
+        u, s, vt = cupy.linalg.svd(a, full_matrices=False)
+        out_w.append(torch.from_dlpack((u * cupy.sqrt(s)) @ vt).reshape(w.shape))
+    return out_w, [_scale_bias(b) for b in biases]
+
+
+def refine_route(method: str) -> PeerFn:
+    def fn(weights, biases):
+        return torch.ops.svs.refine(list(weights), list(biases), "sqrt", BIAS_EPS, method)
+
+    fn.__name__ = f"svs_refine_{method}"
+    return fn
+
+
+# --------------------------------------------------------------------------------------------
+# Availability
+# --------------------------------------------------------------------------------------------
+def load_ops() -> Optional[str]:
+    """Imports svs_kernels (registers torch.ops.svs); returns why it failed, or None."""
+    try:
+        import svs_kernels  # noqa: F401
+    except Exception as e:  # ImportError, or an OSError from the shared library
+        return f"svs_kernels does not import: {type(e).__name__}: {e}"
+    return None
+
+
+def _probe_methods(device: str) -> Tuple[Optional[List[str]], str]:
+    """Asks the operator which methods it accepts on `device` (parses its error message)."""
+    w = [torch.ones(2, 2, device=device)]
+    try:
+        torch.ops.svs.refine(w, [None], "sqrt", BIAS_EPS, "__svs_bench_probe__")
+    except Exception as e:  # the operator's TORCH_CHECK arrives as RuntimeError
+        msg = str(e).splitlines()[0] if str(e) else repr(e)
+        m = re.search(r"expected(?: one of)?[:\s]+(.*)$", msg)
+        if m:
+            names = [t for t in re.split(r"[\s,;/|]+|\bor\b|\band\b", m.group(1).strip(" .'\""))
+                     if re.fullmatch(r"[A-Za-z0-9_:+\-]+", t or "") and t not in ("or", "and")]
+            if names:
+                return names, msg
+        return None, msg
+    return None, "the operator accepted an unknown method"
+
+
+def our_routes(device: str) -> List[Peer]:
+    listed = ROUTES.get(device, ())
+    why = load_ops()
+    if why:
+        return [Peer(f"svs.refine {m}", None, why, ours=True) for m in listed]
+    if device == "cuda":
+        import svs_kernels
+
+        if not svs_kernels.has_cuda_kernel():
+            return [Peer(f"svs.refine {m}", None, "this build of svs_kernels has no CUDA kernel", ours=True)
+                    for m in listed]
+    accepted, msg = _probe_methods(device)
+    methods = list(listed) + [m for m in (accepted or []) if m not in listed]
+    peers = []
+    for m in methods:
+        skip = None
+        if accepted is not None and m not in accepted:
+            skip = f"method not accepted by this build ({msg})"
+        note = "" if m in listed else "accepted by the build, not listed in benchmarks.peers.ROUTES"
+        peers.append(Peer(f"svs.refine {m}", refine_route(m), skip, note, ours=True))
+    return peers
+
+
+def _cupy_skip() -> Optional[str]:
+    try:
+        import cupy  # noqa: F401
+    except Exception as e:
+        return f"CuPy not installed ({type(e).__name__}: {e})"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "CuPy sees no GPU"
+    except Exception as e:
+        return f"CuPy cannot use the GPU: {e}"
+    return None
+
+
+def peers_for(device: str) -> List[Peer]:
+    """Every peer for `device` ('cpu' or 'cuda'), in table order; `skip` says why one cannot run."""
+    numpy_note = "CPU numpy (float32), includes device<->host copies" if device == "cuda" else "numpy float32"
+    peers = [
+        Peer("authors numpy loop", authors_numpy_loop, note=numpy_note),
+        Peer(BASELINE, torch_svd_per_layer),
+        Peer("torch.linalg.svd batched per shape", torch_svd_batched),
+    ]
+    if device == "cuda":
+        peers.append(Peer("cupy.linalg.svd per layer", cupy_svd_per_layer, _cupy_skip()))
+    else:
+        peers.append(Peer("cupy.linalg.svd per layer", None, "GPU only (see the CUDA table)"))
+    peers.extend(our_routes(device))
+    return peers
+
+
+# --------------------------------------------------------------------------------------------
+# The float64 reference
+# --------------------------------------------------------------------------------------------
+def reference(weights: Sequence[torch.Tensor], chunk_bytes: int = 256 << 20) -> List[torch.Tensor]:
+    """U sqrt(S) V^T of every weight from a float64 torch.linalg.svd (LAPACK on CPU, cuSOLVER on
+    CUDA) of its float32 values, as float64 (m, n) matrices; batched per shape, no rank cut-off."""
+    out: List[Optional[torch.Tensor]] = [None] * len(weights)
+    for (m, n), idx in group_by_shape(weights).items():
+        per = max(1, chunk_bytes // (8 * (m * n + min(m, n) * (m + n))))
+        for start in range(0, len(idx), per):
+            part = idx[start:start + per]
+            a = torch.stack([weights[i].reshape(m, n) for i in part]).double()
+            u, s, vh = torch.linalg.svd(a, full_matrices=False)
+            r = (u * s.sqrt().unsqueeze(-2)) @ vh
+            for j, i in enumerate(part):
+                out[i] = r[j].clone()
+    return out  # type: ignore[return-value]
+
+
+def max_rel_err(outputs: Sequence[torch.Tensor], refs: Sequence[torch.Tensor]) -> float:
+    """max over matrices of ||W' - W'_ref||_F / ||W'_ref||_F (float64; NaN if any output is NaN)."""
+    errs = [torch.linalg.vector_norm(o.reshape(r.shape).double() - r) / torch.linalg.vector_norm(r)
+            for o, r in zip(outputs, refs)]
+    if not errs:
+        return float("nan")
+    return torch.stack(errs).max().item()  # one device sync, not one per matrix
+
+
+def max_bias_err(out_biases, biases) -> float:
+    worst = 0.0
+    for o, b in zip(out_biases, biases):
+        if b is None:
+            continue
+        bd = b.double()
+        ref = bd / torch.sqrt(torch.linalg.vector_norm(bd) + BIAS_EPS)
+        worst = max(worst, (torch.linalg.vector_norm(o.double() - ref) / torch.linalg.vector_norm(ref)).item())
+    return worst

@@ -1,0 +1,232 @@
+"""The results: environment description, Markdown table, JSON, plot."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+
+def _version(dist: str) -> Optional[str]:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _numpy_blas() -> Optional[str]:
+    try:
+        import numpy as np
+
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{blas.get('name')} {blas.get('version')}"
+    except Exception:
+        return None
+
+
+def environment(device: str) -> Dict:
+    now = _dt.datetime.now().astimezone()
+    env = {
+        "date": now.isoformat(timespec="seconds"),
+        "command": shlex.join(getattr(sys, "orig_argv", [sys.executable] + sys.argv)),
+        "cwd": os.getcwd(),
+        "device": device,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+                       if k in os.environ},
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": _version("triton"),
+        "numpy": _version("numpy"),
+        "numpy_blas": _numpy_blas(),
+        "cupy": _version("cupy") or _version("cupy-cuda12x") or _version("cupy-cuda13x") or _version("cupy-cuda11x"),
+        "diffusers": _version("diffusers"),
+        "torch_pruning": _version("torch-pruning"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    }
+    if device == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        env["gpu"] = torch.cuda.get_device_name(0)
+        env["gpu_capability"] = f"{p.major}.{p.minor}"
+        env["gpu_memory_gib"] = round(p.total_memory / 2**30, 1)
+        env["cuda_driver"] = _nvidia_smi("driver_version")
+        env["device_name"] = env["gpu"]
+    else:
+        env["device_name"] = env["cpu"]
+    try:
+        import svs_kernels
+
+        env["svs_kernels_cuda_kernel"] = svs_kernels.has_cuda_kernel()
+    except Exception:
+        env["svs_kernels_cuda_kernel"] = None
+    return env
+
+
+def _nvidia_smi(field: str) -> Optional[str]:
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+def fmt_ms(ms: Optional[float]) -> str:
+    if ms is None or not math.isfinite(ms):
+        return "-"
+    if ms >= 100:
+        return f"{ms:,.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def fmt_err(e: Optional[float]) -> str:
+    if e is None:
+        return "-"
+    if not math.isfinite(e):
+        return str(e)
+    return f"{e:.1e}"
+
+
+def fmt_speedup(row: Dict) -> str:
+    s = row.get("speedup")
+    if s is None:
+        return "-"
+    text = f"{s:.2f}x" if s < 100 else f"{s:,.0f}x"
+    return ("≈" + text) if row.get("speedup_estimated") else text
+
+
+def markdown(env: Dict, workloads: List[Dict], rows: List[Dict], settings: Dict) -> str:
+    lines = [f"# svs.refine benchmark: {env['device']} ({env['device_name']})", ""]
+    lines.append(f"- date: {env['date']}")
+    lines.append(f"- command: `{env['command']}`")
+    vers = ", ".join(f"{k} {env[k]}" for k in ("torch", "torch_cuda", "triton", "numpy", "cupy") if env.get(k))
+    lines.append(f"- versions: python {env['python']}, {vers}; numpy BLAS: {env.get('numpy_blas')}")
+    lines.append(f"- threads: torch {env['torch_threads']}, cpu_count {env['cpu_count']}"
+                 + (f", env {env['thread_env']}" if env["thread_env"] else ""))
+    if env["device"] == "cuda":
+        lines.append(f"- GPU: {env.get('gpu')} (sm_{env.get('gpu_capability', '').replace('.', '')}, "
+                     f"{env.get('gpu_memory_gib')} GiB, driver {env.get('cuda_driver')}); host CPU {env['cpu']}")
+    lines.append(f"- git: {env.get('git_commit')}{' (dirty)' if env.get('git_dirty') else ''}")
+    lines.append(f"- method: {settings['warmup']} warm-up call on copy 0 (its result gives the error column), "
+                 f"{settings['repeats']} timed calls cycling through rotated input copies, cache flush "
+                 f"({settings['flush_mib']} MiB) before each; peers estimated over {settings['max_run_s']} s "
+                 f"per call are skipped.")
+    if any(w["subsample"] for w in workloads):
+        lines.append("- **SUBSAMPLED**: workloads marked [subsample k/N] use k evenly spaced matrices of N; "
+                     "times are not those of the full workload.")
+    lines.append("")
+    lines.append("| workload | matrices | params | shapes | largest | input copies | error over |")
+    lines.append("|---|---:|---:|---:|---|---:|---|")
+    for w in workloads:
+        lines.append(f"| {w['label']} | {w['matrices']} | {w['params'] / 1e6:.2f}M | {w['shapes']} | "
+                     f"{w['largest']} | {w.get('copies', '-')} | {w.get('error_over', '-')} |")
+    lines.append("")
+    lines.append("| workload | peer | median ms | spread ms (min-max) | speedup vs torch.linalg.svd per layer "
+                 "| max rel err | note |")
+    lines.append("|---|---|---:|---|---:|---:|---|")
+    for r in rows:
+        if r["status"] == "ok":
+            spread = f"{fmt_ms(r['min_ms'])}-{fmt_ms(r['max_ms'])}"
+            note = r.get("note", "")
+        else:
+            spread = "-"
+            note = f"{r['status']}: {r['reason']}"
+        lines.append(f"| {r['workload']} | {r['peer']} | {fmt_ms(r.get('median_ms'))} | {spread} | "
+                     f"{fmt_speedup(r)} | {fmt_err(r.get('max_rel_err'))} | {note} |")
+    lines.append("")
+    lines.append("max rel err: max over matrices of ||W' - W'_ref||_F / ||W'_ref||_F, W'_ref from a float64 "
+                 "SVD of the same float32 input. ≈: speedup against the estimated (skipped) baseline.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: List[Dict], workloads: List[Dict], path: Path, title: str) -> Optional[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        return None
+    peers = []
+    for r in rows:
+        if r["status"] == "ok" and r.get("speedup") and r["peer"] not in peers:
+            peers.append(r["peer"])
+    labels = [w["label"] for w in workloads]
+    if not peers or not labels:
+        return None
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(labels) + 3), 5.0), dpi=100)
+    width = 0.8 / len(peers)
+    all_ys: List[float] = []
+    for j, p in enumerate(peers):
+        xs, ys = [], []
+        for i, lab in enumerate(labels):
+            for r in rows:
+                if r["workload"] == lab and r["peer"] == p and r["status"] == "ok" and r.get("speedup"):
+                    xs.append(i + (j - (len(peers) - 1) / 2) * width)
+                    ys.append(r["speedup"])
+        ax.bar(xs, [y - 1.0 for y in ys], bottom=1.0, width=width, label=p)  # bars grow from 1x
+        all_ys.extend(ys)
+    ax.set_yscale("log")
+    ax.set_ylim(min(all_ys + [1.0]) / 1.5, max(all_ys + [1.0]) * 1.5)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("speedup vs torch.linalg.svd per layer")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.32), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write(out_dir: Path, stem: str, env: Dict, workloads: List[Dict], rows: List[Dict], settings: Dict
+          ) -> Dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = markdown(env, workloads, rows, settings)
+    paths = {"md": out_dir / f"{stem}.md", "json": out_dir / f"{stem}.json", "png": out_dir / f"{stem}.png"}
+    paths["md"].write_text(md)
+    paths["json"].write_text(json.dumps({"environment": env, "settings": settings, "workloads": workloads,
+                                         "results": rows}, indent=1, default=str) + "\n")
+    if plot(rows, workloads, paths["png"], f"{env['device']}: {env['device_name']}") is None:
+        del paths["png"]
+    return paths

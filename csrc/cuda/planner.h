@@ -1,0 +1,140 @@
+// Routes of the CUDA kernel of svs::refine and the planner that sends each matrix to one.
+// Torch-free; the numbers that decide method="auto" live in kAutoPlan and kTuning below.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "svs_cuda.h"  // kSmallDim
+
+namespace svs {
+namespace cuda {
+
+// Compute precision: every decomposition runs in float64, for every input dtype.
+//   - sqrt amplifies the error of small singular values: with a float32 SVD a component with
+//     s = s_max / kappa gets a relative error ~ eps32 * kappa, so the output is off by about
+//     eps32 * sqrt(kappa) / 2 ~ 6e-5 at kappa 1e6, and the float32 rank tolerance
+//     max(m, n) * eps32 (~4e-6 for 32x32, ~1e-4 for 1000 columns) would zero singular values
+//     that the float64 CPU kernel keeps. In float64 the CUDA kernel follows the CPU reference
+//     (same rank rule, rank_tolerance(m, n, kDouble)).
+//   - H100/H200 run FP64 at half the FP32 vector rate and DGEMM on FP64 tensor cores at the FP32
+//     rate, and the Gram route needs float64 anyway.
+// The factors handed to svs::_reconstruct are float32 (float64 for float64 inputs): rounding
+// orthonormal factors costs ~1e-7 relative, independent of kappa.
+
+enum class Route {
+  Small,       // both sides <= 32: zero-pad to 32x32, ONE gesvdjBatched for all such matrices
+  GramPadded,  // short side k <= 32 < long side: float64 Gram (k x k) padded to 32x32, ONE
+               // syevjBatched for all of them
+  Gram,        // float64 Gram per shape group (DGEMM), XsyevBatched (or Xsyevd per matrix)
+  Jacobi,      // gesvdj per matrix (float64, economy), spread over several streams
+  Exact,       // gesvd per matrix (float64, QR-based), spread over several streams
+};
+
+inline const char* route_name(Route r) {
+  switch (r) {
+    case Route::Small: return "small (gesvdjBatched 32x32)";
+    case Route::GramPadded: return "gram-padded (syevjBatched 32x32)";
+    case Route::Gram: return "gram";
+    case Route::Jacobi: return "jacobi (gesvdj)";
+    case Route::Exact: return "exact (gesvd)";
+  }
+  return "?";
+}
+
+// method= of the operator on CUDA.
+enum class Method { Auto, Jacobi, Gram, Svd };
+
+inline bool parse_method(const std::string& name, Method* out) {
+  if (name == "auto") *out = Method::Auto;
+  else if (name == "jacobi") *out = Method::Jacobi;
+  else if (name == "gram") *out = Method::Gram;
+  else if (name == "svd") *out = Method::Svd;
+  else return false;
+  return true;
+}
+
+constexpr int64_t kAnySize = std::numeric_limits<int64_t>::max();
+
+// =================================================================================================
+// kAutoPlan: the route method="auto" takes, by shape class; the first row whose bounds hold wins
+// (short = min(m, n), long = max(m, n) of the flattened weight).
+//
+// PROVISIONAL. Derived from the cost model of DESIGN.md section 4, NOT measured: the machine that
+// wrote this has no GPU. Re-measure on an H100 (benchmarks/gpu_check.sh runs the benchmarks) and
+// replace rows and kTuning below with measured crossovers. Reasoning behind the current rows:
+//   - short <= 32 and long <= 32: cuSOLVER's gesvdjBatched limit; one launch for all of them,
+//     Jacobi accuracy (no squared condition number).
+//   - short <= 32 < long: Gram of the short side is at most 32x32, so all of them share ONE
+//     syevjBatched launch (the Gram GEMMs are one launch per shape). Matrices whose Gram spectrum
+//     exceeds kTuning.gram_max_eigen_ratio are redone with Jacobi (same rule as the CPU kernel).
+//   - larger: Gram = 2mk^2 (DGEMM) + ~9k^3 (eigensolver) + 2mk^2 (apply), mostly DGEMM at the
+//     FP64 tensor-core rate (67 TFLOP/s on H100 SXM); one-sided Jacobi is ~10 sweeps of ~6mk^2 at
+//     the FP64 vector rate (34 TFLOP/s) with many small launches per sweep, so Gram should win by
+//     5-10x for every shape. Ill-conditioned matrices are redone with Jacobi as above.
+// =================================================================================================
+struct PlanRow {
+  int64_t max_short;
+  int64_t max_long;
+  Route route;
+};
+
+constexpr PlanRow kAutoPlan[] = {
+    {32, 32, Route::Small},
+    {32, kAnySize, Route::GramPadded},
+    {kAnySize, kAnySize, Route::Gram},
+};
+
+struct Tuning {
+  // method="auto": a Gram-route matrix whose eigenvalues span more than this (kappa^2; 1e8 is
+  // kappa 1e4, where the float64 Gram route's error eps64 * kappa^1.5 reaches ~1e-10) is redone
+  // with Route::Jacobi. Same constant as the CPU kernel (kGramMaxEigenRatio in refine_cpu.cpp).
+  double gram_max_eigen_ratio;
+  // Gram route: Gram matrices up to this side go through one XsyevBatched per shape group;
+  // larger ones through Xsyevd per matrix on the side streams. PROVISIONAL (PyTorch's own eigh
+  // switches from a syevj loop to syevd at 512 in float32).
+  int64_t batched_eigh_max_side;
+  // Streams for the per-matrix routes (Jacobi, Exact, Xsyevd). PROVISIONAL.
+  int num_streams;
+  // Float64 workspace budget of one wave: matrices are decomposed and reconstructed in waves of
+  // at most this many bytes of estimated workspace, so a model does not need ~5x its size in
+  // float64 scratch at once. A matrix above it gets a wave of its own. PROVISIONAL.
+  int64_t wave_bytes;
+  // Largest batch of one gesvdjBatched / syevjBatched call (32x32 float64 each): cuSOLVER sizes
+  // the whole batch's workspace as an int count of doubles. The small route is ONE launch up to
+  // this count (tiny-batch: 100k matrices), one per chunk above it.
+  int64_t max_small_batch;
+};
+
+constexpr Tuning kTuning = {
+    /*gram_max_eigen_ratio=*/1e8,
+    /*batched_eigh_max_side=*/1024,
+    /*num_streams=*/4,
+    /*wave_bytes=*/int64_t{8} << 30,
+    /*max_small_batch=*/int64_t{1} << 17,
+};
+
+// The route of a (m x n) matrix under `method`. Whatever the method, a matrix with both sides
+// <= 32 joins the one gesvdjBatched launch (float64 Jacobi to machine precision is as exact as
+// gesvd, and gesvd redoes any matrix it does not converge on); method= chooses among the routes
+// for larger matrices:
+//   jacobi: Jacobi per matrix.  gram: Gram (padded when the short side is <= 32), no redo.
+//   svd: gesvd per matrix, the exact reference route.  auto: kAutoPlan, with redo (see above).
+inline Route plan_route(int64_t m, int64_t n, Method method) {
+  const int64_t s = m < n ? m : n;
+  const int64_t l = m < n ? n : m;
+  if (l <= kSmallDim) return Route::Small;
+  switch (method) {
+    case Method::Svd: return Route::Exact;
+    case Method::Jacobi: return Route::Jacobi;
+    case Method::Gram: return (s <= kSmallDim) ? Route::GramPadded : Route::Gram;
+    case Method::Auto: break;
+  }
+  for (const PlanRow& row : kAutoPlan)
+    if (s <= row.max_short && l <= row.max_long) return row.route;
+  return Route::Gram;
+}
+
+}  // namespace cuda
+}  // namespace svs

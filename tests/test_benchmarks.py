@@ -1,0 +1,176 @@
+"""Benchmarks of svs.refine on small workloads (pytest-benchmark), and checks of the benchmark code.
+
+Times are recorded, never asserted; every timed result is checked against the float64 reference.
+Short enough for CI on 2 cores; `pytest --benchmark-disable` runs each benchmark once.
+"""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import peers, workloads  # noqa: E402
+from benchmarks.workloads import get_workload, rotated_copy, spectrum, stylegan2_named_shapes  # noqa: E402
+
+OPS_MISSING = peers.load_ops()
+needs_ops = pytest.mark.skipif(OPS_MISSING is not None, reason=str(OPS_MISSING))
+
+OURS_TOL = 1e-6  # float64 routes, float32 output: ~3e-8 expected
+FLOAT32_TOL = 1e-4  # float32 SVD peers at kappa 100: ~1e-6 expected
+
+
+@pytest.fixture(scope="module")
+def ddpm_small():
+    return get_workload("ddpm-cifar10-p50").subsample(24).materialize("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_small():
+    return get_workload("tiny-batch").subsample(300).materialize("cpu")
+
+
+_REFS = {}
+
+
+def _check(result, inputs, tol):
+    out_w, out_b = result
+    w, b = inputs
+    assert len(out_w) == len(w) and len(out_b) == len(b)
+    for o, x in zip(out_w, w):
+        assert o.shape == x.shape and o.dtype == x.dtype
+    if id(w) not in _REFS:
+        _REFS[id(w)] = (w, peers.reference(w))  # keeps w alive, so the id stays unique
+    err = peers.max_rel_err(out_w, _REFS[id(w)][1])
+    assert err < tol, f"max rel err {err:.2e} >= {tol:.0e}"
+    assert peers.max_bias_err(out_b, b) < 1e-6
+    assert all((o is None) == (x is None) for o, x in zip(out_b, b))
+    return err
+
+
+# ---- pytest-benchmark: the operator on small workloads --------------------------------------
+TIMED = [(f"svs.refine {m}", m) for m in peers.ROUTES["cpu"]] + [(peers.BASELINE, None)]
+
+
+@needs_ops
+@pytest.mark.parametrize("name,method", TIMED, ids=[n for n, _ in TIMED])
+@pytest.mark.benchmark(group="ddpm-cifar10-p50 [24/113]")
+def test_bench_ddpm_p50_subsample(benchmark, ddpm_small, name, method):
+    fn = peers.refine_route(method) if method else peers.torch_svd_per_layer
+    result = benchmark.pedantic(fn, args=ddpm_small, rounds=3, iterations=1, warmup_rounds=1)
+    _check(result, ddpm_small, OURS_TOL if method else FLOAT32_TOL)
+
+
+@needs_ops
+@pytest.mark.parametrize("name,method", TIMED, ids=[n for n, _ in TIMED])
+@pytest.mark.benchmark(group="tiny-batch [300/100000]")
+def test_bench_tiny_batch_subsample(benchmark, tiny_small, name, method):
+    fn = peers.refine_route(method) if method else peers.torch_svd_per_layer
+    result = benchmark.pedantic(fn, args=tiny_small, rounds=3, iterations=1, warmup_rounds=1)
+    _check(result, tiny_small, OURS_TOL if method else FLOAT32_TOL)
+
+
+# ---- the peers and the reference --------------------------------------------------------------
+def test_every_cpu_peer_matches_reference(ddpm_small):
+    ran = 0
+    for p in peers.peers_for("cpu"):
+        if p.skip:
+            assert p.name == "cupy.linalg.svd per layer" or "svs_kernels" in p.skip, p.skip
+            continue
+        _check(p.fn(*ddpm_small), ddpm_small, OURS_TOL if p.ours else FLOAT32_TOL)
+        ran += 1
+    assert ran >= 3
+
+
+def test_reference_is_exact_svs():
+    """The reference agrees with the construction U sqrt(s) V^T of a generated matrix, and the
+    rotated copy's SVS is the same transform of the original's."""
+    gen = torch.Generator().manual_seed(1)
+    u = workloads._haar(1, 40, 24, gen, torch.device("cpu"))[0].double()
+    v = workloads._haar(1, 24, 24, gen, torch.device("cpu"))[0].double()
+    s = spectrum(24)
+    w = (u * s) @ v.T
+    ref = peers.reference([w.float()])[0]
+    exact = (u * s.sqrt()) @ v.T
+    assert torch.linalg.vector_norm(ref - exact) / torch.linalg.vector_norm(exact) < 1e-6
+    bad = torch.zeros(3, 5)
+    bad[0, 0] = 1.0
+    assert peers.max_rel_err([bad], [torch.ones(3, 5, dtype=torch.float64)]) > 0.5
+
+
+# ---- the workloads ----------------------------------------------------------------------------
+def test_spectrum_recipe():
+    for r in (2, 3, 4, 5, 32, 1000):
+        s = spectrum(r)
+        assert s[0] == 1.0 and math.isclose(s[-1].item(), 0.01) and math.isclose((s[0] / s[-1]).item(), 100.0)
+        assert bool((s[1:] <= s[:-1]).all())
+    assert spectrum(1).tolist() == [1.0]
+    assert spectrum(100)[:4].tolist()[:3] == [1.0, 0.6, 0.4] and spectrum(100)[3] < 0.2
+
+
+def test_generated_weights_have_the_recipe_spectrum():
+    wl = workloads.Workload("t", "", ("a", "b", "c", "d"), ((7, 3, 3, 3), (50, 20), (1, 9), (32, 32)),
+                            (True, False, False, True), quick=2)
+    w, b = wl.materialize("cpu")
+    w2, b2 = rotated_copy(w, b, seed=3)
+    for x, y in zip(w, w2):
+        m = x.reshape(x.shape[0], -1).double()
+        sv = torch.linalg.svdvals(m)
+        assert torch.allclose(sv, spectrum(min(m.shape)), atol=2e-6)
+        assert torch.allclose(torch.linalg.svdvals(y.reshape(m.shape).double()), sv, atol=1e-12)
+        assert not torch.equal(x, y) or min(m.shape) == 1
+    assert b[1] is None and b[0].shape == (7,) and b2[0].shape == (7,)
+
+
+def test_workload_shapes():
+    ddpm = get_workload("ddpm-cifar10-p50")
+    assert (len(ddpm), ddpm.n_shapes, ddpm.dims[0][0] > 0) == (113, 18, True)
+    assert max(m * n for m, n in ddpm.dims) == 128 * 2304
+    assert abs(ddpm.params - 8.94e6) < 0.05e6
+    llm = get_workload("llm-8b-p")
+    assert len(llm) == 224 and llm.n_shapes == 4 and abs(llm.params - 3.523e9) < 1e7
+    tiny = get_workload("tiny-batch")
+    assert len(tiny) == 100_000 and max(max(d) for d in tiny.dims) == 32 and min(min(d) for d in tiny.dims) == 1
+    sd = get_workload("sd15-unet")
+    assert len(sd) == 282 and (1280, 23040) in sd.dims
+    # StyleGAN2: the SVS paper's Table 1 parameter counts (G with its 8-layer mapping network):
+    # teachers base 30.0M and small 24.7M, compressed (70 % channel sparsity) base 5.6M.
+    mapping = 8 * (512 * 512 + 512)
+    for cfg, teacher, pruned in (("base", 30.0e6, 5.6e6), ("small", 24.7e6, 5.0e6)):
+        c = workloads.STYLEGAN2_CONFIGS[cfg]
+        full = sum(math.prod(s) for _, s in stylegan2_named_shapes(**c, keep=1.0)) + mapping
+        small = sum(math.prod(s) for _, s in stylegan2_named_shapes(**c)) + mapping
+        assert abs(full - teacher) < 0.1e6 and abs(small - pruned) < 0.1e6, (cfg, full, small)
+        wl = get_workload(f"stylegan2-{cfg}")
+        assert len(wl) == 40 and all(len(s) in (2, 4) for s in wl.shapes)
+    sub = ddpm.subsample(10)
+    assert sub.is_subsample and "subsample 10/113" in sub.label and len(sub) == 10
+
+
+# ---- the runner, end to end -------------------------------------------------------------------
+@needs_ops
+def test_run_writes_table(tmp_path, capsys):
+    from benchmarks import run
+
+    rc = run.main(["--device", "cpu", "--workload", "tiny-batch,stylegan2-small", "--max-matrices", "12",
+                   "--repeats", "2", "--settle-s", "0", "--no-skip", "--out", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| workload | peer | median ms |" in out and "subsample 12/100000" in out
+    files = sorted(p.suffix for p in tmp_path.iterdir())
+    assert files == [".json", ".md", ".png"]
+    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert data["environment"]["device"] == "cpu" and data["environment"]["command"]
+    rows = data["results"]
+    ours = [r for r in rows if r["ours"] and r["status"] == "ok"]
+    assert ours and all(r["max_rel_err"] < OURS_TOL for r in ours)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(r["max_rel_err"] < FLOAT32_TOL and r["median_ms"] > 0 and len(r["times_ms"]) == 2 for r in ok)
+    base = [r for r in ok if r["peer"] == peers.BASELINE]
+    assert len(base) == 2 and all(math.isclose(r["speedup"], 1.0) for r in base)
+    assert all(r["reason"] for r in rows if r["status"] != "ok")

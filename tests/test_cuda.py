@@ -1,0 +1,323 @@
+"""torch.ops.svs.refine on CUDA: the CUDA kernel against the CPU kernel and the float64 numpy
+reference (tests/conftest.py). The GPU tests are skipped without a GPU or without the CUDA kernel
+in the build; the last two tests run everywhere.
+
+Tolerances: relative Frobenius error of each output against the float64 reference computed from
+the same input values.
+- The CUDA kernel decomposes in float64 on every route and hands float32 factors (float64 for
+  float64 inputs) to svs._reconstruct, which multiplies them in float32 (the Triton kernel's
+  default 3xTF32 is estimated at 1-3e-6 relative, the composite fallback is IEEE float32).
+- float32 out: 1e-5. Rounding the orthonormal factors and f(s) to float32 perturbs every rank-1
+  term u_i f(s_i) v_i^T by ~2 * 2^-24 of its own size, and the float32 GEMM accumulates k products:
+  worst case ~k * 2^-24 (1.2e-5 at k = 200, the largest short side here; the 1100 x 1300 test
+  relies on the typical case), typically sqrt(k) * 2^-24 ~ 1e-6. The condition number does not enter, so kappa 1e6 is fine: the small
+  singular values come from a float64 decomposition (absolute error ~eps64 * s_max, 2e-10 relative
+  to s_max / 1e6), and a factor's float32 rounding is relative to its own term. (A float32
+  decomposition would not be: sqrt turns an error eps32 * s_max in s_min = s_max / kappa into a
+  relative output error ~eps32 * sqrt(kappa) / 2 ~ 6e-5 at kappa 1e6.)
+- float64 out: 1e-8, as on the CPU: float64 factors; the Gram route's error ~n * eps64 * kappa^1.5
+  and "auto" keeps its result only for kappa <= 1e4 (else Jacobi).
+- float16 / bfloat16 out: conftest.TOL (the output's rounding, 2^-11 / 2^-8, dominates).
+- CUDA against the CPU kernel directly: the sum of both kernels' tolerances.
+"""
+import copy
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import svs
+import svs_kernels
+from conftest import TOL, assert_matches, reference_bias, reference_refine
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE = "cuda"
+HAS_CUDA = torch.cuda.is_available() and svs_kernels.has_cuda_kernel()
+requires_cuda = pytest.mark.skipif(
+    not HAS_CUDA,
+    reason="needs a GPU and the CUDA kernel of svs::refine (a CUDA build of torch, built with nvcc); "
+    "run benchmarks/gpu_check.sh on a GPU machine",
+)
+
+METHODS = ["auto", "jacobi", "gram", "svd"]
+MAPS = ["sqrt", "log1p", "abslog", "power:0.3", "ones", "spectral", "square", "identity"]
+# float32 / float64 tolerances of the CUDA kernel (module docstring); half types as on the CPU.
+CUDA_TOL = {torch.float64: 1e-8, torch.float32: 1e-5, torch.float16: TOL[torch.float16],
+            torch.bfloat16: TOL[torch.bfloat16]}
+# (m, n) covering every route: both sides <= 32 (one gesvdjBatched), short side <= 32 < long side
+# (padded Gram, one syevjBatched), larger (Gram per shape / Jacobi / gesvd).
+SHAPES = [(1, 1), (1, 17), (17, 1), (1, 200), (200, 1), (7, 40), (40, 7), (32, 32), (5, 32),
+          (33, 33), (3, 100), (100, 3), (96, 16), (64, 288), (288, 64), (200, 120)]
+
+
+def with_spectrum(m: int, n: int, kappa: float, scale: float, seed: int) -> np.ndarray:
+    """m x n float64 matrix with log-spaced singular values from scale down to scale / kappa."""
+    g = np.random.default_rng(seed)
+    k = min(m, n)
+    u, _ = np.linalg.qr(g.standard_normal((m, k)))
+    v, _ = np.linalg.qr(g.standard_normal((n, k)))
+    return (u * (scale * np.logspace(0, -np.log10(kappa), k))) @ v.T
+
+
+def on_device(ts):
+    return [None if t is None else t.to(DEVICE) for t in ts]
+
+
+def check_against_cpu(w: torch.Tensor, out: torch.Tensor, map: str = "sqrt", method: str = "svd"):
+    """out (from the CUDA kernel) against the float64 reference and against the CPU kernel."""
+    assert out.dtype == w.dtype and out.shape == w.shape and out.is_contiguous()
+    tol = CUDA_TOL[w.dtype]
+    assert_matches(out, reference_refine(w, map), tol)
+    (cpu,), _ = svs.refine([w.cpu()], map=map, method=method)
+    assert_matches(out, cpu.double().numpy(), tol + TOL[w.dtype])
+
+
+# ---- accuracy: every route, shape class and method ---------------------------------------------
+@requires_cuda
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("log_kappa", [0, 3, 6])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_matches_reference_and_cpu(shape, dtype, log_kappa, method):
+    if method == "gram" and log_kappa > 4:
+        pytest.skip("method='gram' is only accurate for kappa <= 1e4 (float64 Gram: eps64 * kappa^1.5)")
+    seed = hash((shape, log_kappa)) % 2**32
+    w = torch.from_numpy(with_spectrum(*shape, 10.0**log_kappa, 3.0, seed)).to(dtype)
+    (out,), _ = svs.refine(on_device([w]), map="sqrt", method=method)
+    assert out.device.type == torch.device(DEVICE).type
+    check_against_cpu(w, out.cpu())
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", METHODS)
+def test_half_precision_inputs(dtype, method):
+    shapes = [(1, 9), (9, 1), (20, 30), (16, 144), (64, 288), (150, 40)]
+    ws = [torch.from_numpy(with_spectrum(*s, 1e3, 1.0, i)).to(dtype) for i, s in enumerate(shapes)]
+    new_w, _ = svs.refine(on_device(ws), method=method)
+    for w, nw in zip(ws, new_w):
+        check_against_cpu(w, nw.cpu())
+
+
+@requires_cuda
+@pytest.mark.parametrize("map", MAPS)
+@pytest.mark.parametrize("method", ["auto", "jacobi", "svd"])
+def test_every_map(map, method):
+    shapes = [(1, 5), (12, 20), (10, 70), (48, 96)]
+    ws = [torch.from_numpy(with_spectrum(*s, 1e2, 1.0, 7 + i)).float() for i, s in enumerate(shapes)]
+    new_w, _ = svs.refine(on_device(ws), map=map, method=method)
+    for w, nw in zip(ws, new_w):
+        check_against_cpu(w, nw.cpu(), map=map)
+
+
+@requires_cuda
+@pytest.mark.parametrize("method", METHODS)
+def test_mixed_shapes_ndims_and_dtypes_in_one_call(method, rng):
+    """One call: 4-D convs, 3-D, Linear, 1xN/Nx1, repeated shapes, float16/32/64 together (the
+    routes share buffers between dtypes), with and without biases."""
+    spec = [((64, 32, 3, 3), torch.float32), ((10, 20), torch.float32), ((64, 32, 3, 3), torch.float32),
+            ((1, 7), torch.float64), ((7, 1), torch.float32), ((3, 4, 5), torch.float16),
+            ((128, 2304), torch.float32), ((5, 5, 1, 1), torch.float64), ((40, 6), torch.float32),
+            ((24, 16, 1, 1), torch.float16), ((10, 20), torch.float64), ((300, 30), torch.float32)]
+    ws = [torch.from_numpy(rng.standard_normal(s)).to(d) for s, d in spec]
+    bs = [torch.from_numpy(rng.standard_normal(s[0])).to(d) if i % 2 else None for i, (s, d) in enumerate(spec)]
+    new_w, new_b = svs.refine(on_device(ws), on_device(bs), method=method)
+    for w, b, nw, nb in zip(ws, bs, new_w, new_b):
+        check_against_cpu(w, nw.cpu())
+        assert (nb is None) == (b is None)
+        if b is not None:
+            assert nb.dtype == b.dtype and nb.device.type == torch.device(DEVICE).type
+            assert_matches(nb.cpu(), reference_bias(b))
+
+
+@requires_cuda
+@pytest.mark.parametrize("method", ["auto", "jacobi", "svd"])
+def test_many_small_matrices(method):
+    """Thousands of matrices: both sides <= 32 (one gesvdjBatched) and short side <= 32 (one
+    syevjBatched), like the tiny-batch workload."""
+    g = np.random.default_rng(3)
+    shapes = [(int(g.integers(1, 33)), int(g.integers(1, 33))) for _ in range(3000)]
+    shapes += [(int(g.integers(1, 33)), int(g.integers(33, 200))) for _ in range(300)]
+    ws = [torch.from_numpy(g.standard_normal(s)).float() for s in shapes]
+    new_w, _ = svs.refine(on_device(ws), method=method)
+    cpu_w, _ = svs.refine(ws, method="svd")
+    for w, nw, cw in zip(ws, new_w, cpu_w):
+        assert nw.shape == w.shape
+        assert_matches(nw.cpu(), cw.double().numpy(), CUDA_TOL[torch.float32] + TOL[torch.float32])
+
+
+@requires_cuda
+@pytest.mark.parametrize("method", ["auto", "gram"])
+def test_gram_beyond_batched_eigensolver_size(method):
+    """Short side 1100 > the planner's batched_eigh_max_side (1024): Xsyevd per matrix on the side
+    streams, next to a batched shape in the same call."""
+    ws = [torch.from_numpy(with_spectrum(1100, 1300, 1e2, 1.0, 1)).float(),
+          torch.from_numpy(with_spectrum(80, 90, 1e2, 1.0, 2)).float()]
+    new_w, _ = svs.refine(on_device(ws), method=method)
+    for w, nw in zip(ws, new_w):
+        assert_matches(nw.cpu(), reference_refine(w), CUDA_TOL[torch.float32])
+
+
+# ---- rank, layout, biases -------------------------------------------------------------------------
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("method", ["auto", "jacobi", "svd"])
+@pytest.mark.parametrize("shape", [(16, 20), (16, 40), (40, 16), (16, 100), (64, 300), (300, 64)],
+                         ids=lambda s: f"{s[0]}x{s[1]}")
+def test_exact_rank_deficiency_is_kept(shape, dtype, method, rng):
+    """Rows that copy others (with sign flips and power-of-two scales) or are zero: exactly rank r
+    in any precision. Singular values at the decomposition's noise level must not be lifted by the
+    map (sqrt(1e-16) = 1e-8 would be visible); output singular values past r stay at the output
+    dtype's rounding level (1e-6 for float32: the rank-r float32 factors multiply to a matrix
+    whose extra singular values are GEMM rounding, ~2^-24 * ||W'||)."""
+    m, n = shape
+    r = 5
+    short, long = min(m, n), max(m, n)
+    base = rng.standard_normal((r, long))
+    rows = [base[i % r] * (-2.0) ** (i % 3) for i in range(short - short // 4)] + [np.zeros(long)] * (short // 4)
+    a = np.stack(rows)  # short x long
+    w = torch.from_numpy(np.ascontiguousarray(a if m <= n else a.T)).to(dtype)
+    assert w.shape == shape
+    assert np.linalg.matrix_rank(w.double().numpy()) == r
+    (out,), _ = svs.refine(on_device([w]), method=method)
+    out = out.cpu()
+    s_out = np.linalg.svd(out.double().numpy(), compute_uv=False)
+    noise = {torch.float64: 1e-13, torch.float32: 1e-6}[dtype]
+    assert s_out[r - 1] > 1e-3 * s_out[0]
+    assert np.all(s_out[r:] <= noise * s_out[0]), s_out[r:] / s_out[0]
+    check_against_cpu(w, out)
+
+
+@requires_cuda
+@pytest.mark.parametrize("make_view", [
+    lambda t: t.t(),                                   # transposed
+    lambda t: t[::2, 1::3],                            # strided slice
+    lambda t: t[3:, 2:],                               # storage offset
+    lambda t: t.unsqueeze(-1).expand(-1, -1, 3),       # stride-0 dimension
+    lambda t: t.reshape(30, 6, 2, 2).contiguous(memory_format=torch.channels_last),  # conv layout
+], ids=["transposed", "strided", "offset", "expanded", "channels_last"])
+@pytest.mark.parametrize("method", ["auto", "jacobi"])
+def test_non_contiguous_inputs(make_view, method, rng):
+    base = torch.from_numpy(rng.standard_normal((30, 24))).float()
+    w_cpu = make_view(base)
+    w = make_view(base.to(DEVICE))
+    assert not w.is_contiguous()
+    (out,), _ = svs.refine([w], method=method)
+    assert out.is_contiguous() and out.shape == w.shape
+    check_against_cpu(w_cpu, out.cpu())
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_bias_rule(dtype, rng):
+    w = torch.from_numpy(rng.standard_normal((50, 9))).to(dtype)
+    long_b = torch.from_numpy(rng.standard_normal(100) * 10 ** rng.uniform(-3, 3)).to(dtype)
+    b = long_b[::2]  # non-contiguous
+    zero = torch.zeros(50, dtype=dtype)
+    _, (nb, nz) = svs.refine(on_device([w, w]), on_device([b, zero]), eps=1e-8)
+    assert nb.dtype == dtype and nb.shape == b.shape
+    assert_matches(nb.cpu(), reference_bias(b))
+    _, (cpu_b,) = svs.refine([w], [b], eps=1e-8)
+    assert_matches(nb.cpu(), cpu_b.double().numpy())
+    assert torch.count_nonzero(nz) == 0
+
+
+@requires_cuda
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_matrices_stay_zero(method):
+    ws = [torch.zeros(8, 12), torch.zeros(40, 3), torch.zeros(70, 50)]
+    for map in MAPS:
+        new_w, _ = svs.refine(on_device(ws), map=map, method=method)
+        assert all(torch.count_nonzero(nw) == 0 for nw in new_w)
+
+
+# ---- operator machinery -------------------------------------------------------------------------
+@requires_cuda
+def test_inplace_matches_functional(rng):
+    ws = [torch.from_numpy(rng.standard_normal(s)).float().to(DEVICE) for s in [(16, 8, 3, 3), (30, 20), (16, 8, 3, 3)]]
+    bs = on_device([torch.randn(16), None, torch.randn(16)])
+    new_w, new_b = svs.refine(ws, bs, map="log1p")
+    ws2, bs2 = [w.clone() for w in ws], [None if b is None else b.clone() for b in bs]
+    svs.refine_(ws2, bs2, map="log1p")
+    # refine_ calls the kernel per shape group, so batch composition differs: allow rounding.
+    for a, e in zip(ws2, new_w):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+    for a, e in zip([b for b in bs2 if b is not None], [b for b in new_b if b is not None]):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
+@requires_cuda
+@pytest.mark.parametrize("method", METHODS)
+def test_opcheck_functional(method):
+    ws = on_device([torch.randn(6, 3, 3, 3), torch.randn(10, 20, dtype=torch.float64), torch.randn(1, 5),
+                    torch.randn(40, 50)])
+    bs = on_device([torch.randn(6), None, torch.randn(1), None])
+    torch.library.opcheck(torch.ops.svs.refine.default, (ws, bs), {"map": "sqrt", "eps": 1e-8, "method": method})
+
+
+@requires_cuda
+def test_opcheck_inplace():
+    ws = on_device([torch.randn(6, 3, 3, 3), torch.randn(10, 20)])
+    torch.library.opcheck(torch.ops.svs.refine_.default, (ws, on_device([torch.randn(6), torch.randn(10)])), {})
+
+
+@requires_cuda
+def test_compiles_with_torch_compile():
+    fn = torch.compile(lambda ws, bs: torch.ops.svs.refine(ws, bs), fullgraph=True, backend="aot_eager")
+    w, b = torch.randn(12, 5), torch.randn(12)
+    (nw,), (nb,) = fn([w.to(DEVICE)], [b.to(DEVICE)])
+    check_against_cpu(w, nw.cpu())
+
+
+@requires_cuda
+def test_bad_method_on_cuda():
+    with pytest.raises(RuntimeError, match="method 'qr' is not available on CUDA"):
+        svs.refine(on_device([torch.randn(4, 4)]), method="qr")
+
+
+@requires_cuda
+def test_refine_model_on_cuda_matches_cpu():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 40, 3, bias=False),
+        torch.nn.Flatten(), torch.nn.Linear(40 * 4 * 4, 64), torch.nn.Linear(64, 10),
+    )
+    cpu_model, gpu_model = copy.deepcopy(model), copy.deepcopy(model).to(DEVICE)
+    svs.refine_model(cpu_model, preset="generic")
+    svs.refine_model(gpu_model, preset="generic")
+    before = dict(model.named_parameters())
+    for name, p in gpu_model.named_parameters():
+        assert p.device.type == torch.device(DEVICE).type
+        expected = dict(cpu_model.named_parameters())[name].detach().double().numpy()
+        assert not np.allclose(expected, before[name].detach().double().numpy()), name
+        assert_matches(p.detach().cpu(), expected, CUDA_TOL[torch.float32] + TOL[torch.float32])
+
+
+# ---- always run (CPU too) ------------------------------------------------------------------------
+def test_no_cuda_kernel_without_cuda_torch():
+    """A CPU build of torch gets the CPU kernel only (setup.py's gate: torch.version.cuda and
+    CUDA_HOME); exactly one kernel per dispatch key otherwise."""
+    if torch.version.cuda is None:
+        assert not svs_kernels.has_cuda_kernel()
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("svs::refine", "CPU")
+
+
+def test_device_code_is_torch_free():
+    """The .cu files and the headers they include take raw pointers, handles and streams only:
+    no torch / ATen / c10 header (the torch binding is csrc/cuda/refine_cuda.cpp)."""
+    cu_files = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
+    assert cu_files, "no CUDA sources under csrc/cuda"
+    include = re.compile(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', re.M)
+    seen, todo = set(), list(cu_files)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for name in include.findall(path.read_text()):
+            assert not re.match(r"(torch|ATen|c10|caffe2)/", name), f"{path.name} includes <{name}>"
+            local = path.parent / name
+            if local.exists():
+                todo.append(local)

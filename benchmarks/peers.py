@@ -18,6 +18,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from .workloads import group_by_shape
+
 Tensors = List[torch.Tensor]
 OptTensors = List[Optional[torch.Tensor]]
 PeerFn = Callable[[Sequence[torch.Tensor], Sequence[Optional[torch.Tensor]]], Tuple[Tensors, OptTensors]]
@@ -25,7 +27,7 @@ PeerFn = Callable[[Sequence[torch.Tensor], Sequence[Optional[torch.Tensor]]], Tu
 # method= values of torch.ops.svs.refine per device: THE list (see the module docstring).
 ROUTES: Dict[str, Tuple[str, ...]] = {
     "cpu": ("auto", "gram", "svd"),
-    "cuda": ("auto",),
+    "cuda": ("auto", "jacobi", "gram", "svd"),
 }
 
 BIAS_EPS = 1e-8
@@ -75,13 +77,6 @@ def torch_svd_per_layer(weights, biases):
         u, s, vh = torch.linalg.svd(w.reshape(w.shape[0], -1), full_matrices=False)
         out_w.append(((u * s.sqrt().unsqueeze(-2)) @ vh).reshape(w.shape))
     return out_w, [_scale_bias(b) for b in biases]
-
-
-def group_by_shape(weights) -> Dict[Tuple[int, int], List[int]]:
-    groups: Dict[Tuple[int, int], List[int]] = {}
-    for i, w in enumerate(weights):
-        groups.setdefault((w.shape[0], w.numel() // w.shape[0]), []).append(i)
-    return groups
 
 
 def torch_svd_batched(weights, biases):

@@ -14,14 +14,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-
-def _version(dist: str) -> Optional[str]:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
+from .workloads import dist_version as _version
 
 
 def _cpu_model() -> str:

@@ -14,8 +14,6 @@ import argparse
 import datetime as _dt
 import gc
 import json
-import math
-import os
 import sys
 import time
 from pathlib import Path

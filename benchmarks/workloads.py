@@ -205,18 +205,23 @@ def stride_indices(n: int, k: int) -> List[int]:
     return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
 
+def group_by_shape(weights: Sequence[torch.Tensor]) -> Dict[Tuple[int, int], List[int]]:
+    """Indices of the weights per (m, n) of their (shape[0], -1) flattening, in first-seen order."""
+    groups: Dict[Tuple[int, int], List[int]] = {}
+    for i, w in enumerate(weights):
+        groups.setdefault((w.shape[0], w.numel() // w.shape[0]), []).append(i)
+    return groups
+
+
 def rotated_copy(weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]], seed: int
                  ) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
     """An independent copy for input rotation: P1 D1 M D2 P2 per matrix (random permutations P,
     random signs D), the same permutation for all matrices of one shape. Exact in float32, so every
     copy has exactly the spectrum of the original, and its SVS result is the same transform of the
     original's."""
-    groups: Dict[Tuple[int, int], List[int]] = {}
-    for i, w in enumerate(weights):
-        groups.setdefault((w.shape[0], w.numel() // w.shape[0]), []).append(i)
     out_w: List[Optional[torch.Tensor]] = [None] * len(weights)
     out_b: List[Optional[torch.Tensor]] = [None] * len(weights)
-    for (m, n), idx in groups.items():
+    for (m, n), idx in group_by_shape(weights).items():
         dev = weights[idx[0]].device
         gen = torch.Generator(device="cpu").manual_seed(_seed_of(seed, m, n))
         p = torch.randperm(m, generator=gen).to(dev)
@@ -269,13 +274,14 @@ def _cached(key: str, build: Callable[[], List[Tuple[str, Shape]]]) -> List[Tupl
     return named
 
 
-def _version(dist: str) -> str:
+def dist_version(dist: str) -> Optional[str]:
+    """The installed version of a distribution, or None."""
     from importlib import metadata
 
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
-        return "none"
+        return None
 
 
 def _ddpm_named_shapes(ratio: float) -> List[Tuple[str, Shape]]:
@@ -285,7 +291,7 @@ def _ddpm_named_shapes(ratio: float) -> List[Tuple[str, Shape]]:
         model = pruned_ddpm_cifar10(ratio)
         return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
 
-    key = f"ddpm-cifar10-r{ratio}-diffusers{_version('diffusers')}-tp{_version('torch-pruning')}"
+    key = f"ddpm-cifar10-r{ratio}-diffusers{dist_version('diffusers')}-tp{dist_version('torch-pruning')}"
     return _cached(key, build)
 
 
@@ -297,7 +303,7 @@ def _sd15_named_shapes() -> List[Tuple[str, Shape]]:
             model = UNet2DConditionModel()
         return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
 
-    return _cached(f"sd15-unet-diffusers{_version('diffusers')}", build)
+    return _cached(f"sd15-unet-diffusers{dist_version('diffusers')}", build)
 
 
 STYLEGAN2_CONFIGS = {

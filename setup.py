@@ -42,10 +42,11 @@ setup(
     description="Singular Value Scaling (SVS) of pruned weights as a batched PyTorch operator",
     packages=["svs", "svs_kernels"],
     package_dir={"svs": "python/svs", "svs_kernels": "svs_kernels"},
+    package_data={"svs": ["assets/*.safetensors", "assets/*.json"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm", "matplotlib"],
-    extras_require={"prune": ["diffusers", "torch-pruning"], "triton": ["triton"]},
+    extras_require={"prune": ["diffusers", "torch-pruning"], "pipeline": ["diffusers", "torch-pruning", "scikit-learn"], "triton": ["triton"]},
     entry_points={"console_scripts": ["svs = svs.cli:main"]},
 )

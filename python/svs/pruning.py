@@ -4,7 +4,7 @@ Needs the optional dependencies ``diffusers`` and ``torch-pruning`` (``pip insta
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -38,33 +38,57 @@ def build_ddpm_cifar10(seed: int = 0) -> nn.Module:
     return UNet2DModel(**DDPM_CIFAR10_CONFIG).eval()
 
 
-def prune_unet(unet: nn.Module, pruning_ratio: float, importance: str = "magnitude") -> nn.Module:
+def prune_unet(
+    unet: nn.Module,
+    pruning_ratio: float,
+    importance: str = "magnitude",
+    images: Optional[torch.Tensor] = None,
+    taylor_batches: int = 4,
+    seed: int = 0,
+) -> nn.Module:
     """Prunes a diffusers ``UNet2DModel`` in place, channel-wise, keeping ``conv_out`` whole.
 
-    ``importance`` is ``"magnitude"`` (L2 magnitude). The module attributes that diffusers checks
-    at run time (``channels`` of up/down-samplers) are updated so the pruned model still runs.
+    ``importance``: ``"magnitude"`` (L2 norm of the channel's weights) or ``"taylor"``
+    (Diff-Pruning's first-order Taylor score |w * dL/dw|, with the gradient of the DDPM loss
+    accumulated over ``taylor_batches`` batches of ``images``). The module attributes diffusers
+    checks at run time (``channels`` of up/down-samplers) are updated so the pruned model runs.
     """
     import torch_pruning as tp
 
-    if importance != "magnitude":
-        raise ValueError(f"unknown importance {importance!r}; expected 'magnitude'")
+    if importance not in ("magnitude", "taylor"):
+        raise ValueError(f"unknown importance {importance!r}; expected 'magnitude' or 'taylor'")
     if not 0.0 <= pruning_ratio < 1.0:
         raise ValueError(f"pruning_ratio must be in [0, 1), got {pruning_ratio}")
+    if importance == "taylor" and images is None:
+        raise ValueError("taylor importance needs images to compute the DDPM loss gradient")
     size = unet.config.sample_size
     example = {
         "sample": torch.randn(1, unet.config.in_channels, size, size),
         "timestep": torch.ones((1,), dtype=torch.long),
     }
-    pruner = tp.pruner.BasePruner(
-        unet,
-        example,
-        importance=tp.importance.MagnitudeImportance(p=2),
-        pruning_ratio=pruning_ratio,
-        ignored_layers=[unet.conv_out],
-    )
+    scorer = tp.importance.MagnitudeImportance(p=2) if importance == "magnitude" else tp.importance.TaylorImportance()
+    pruner = tp.pruner.BasePruner(unet, example, importance=scorer, pruning_ratio=pruning_ratio,
+                                  ignored_layers=[unet.conv_out])
+    if importance == "taylor":
+        _accumulate_ddpm_gradient(unet, images, taylor_batches, seed)
     pruner.step()
+    unet.zero_grad(set_to_none=True)
     _sync_channel_attributes(unet)
     return unet
+
+
+def _accumulate_ddpm_gradient(unet: nn.Module, images: torch.Tensor, batches: int, seed: int) -> None:
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    gen = torch.Generator().manual_seed(seed)
+    unet.zero_grad(set_to_none=True)
+    for _ in range(batches):
+        x0 = images[torch.randint(len(images), (64,), generator=gen)]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(1000, (len(x0),), generator=gen)
+        loss = torch.nn.functional.mse_loss(unet(sched.add_noise(x0, noise, t), t).sample, noise)
+        loss.backward()
 
 
 def _sync_channel_attributes(unet: nn.Module) -> None:

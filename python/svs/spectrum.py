@@ -65,3 +65,19 @@ def describe(s: torch.Tensor) -> Dict[str, float]:
         "top10_energy": energy,
     }
 
+
+
+def save_image_grid(images: torch.Tensor, path, nrow: int = 8) -> None:
+    """Saves images in [-1, 1] of shape (n, 1, h, w) as one PNG grid (matplotlib, no torchvision)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, _, h, w = images.shape
+    rows = (n + nrow - 1) // nrow
+    grid = torch.ones(rows * (h + 1) + 1, nrow * (w + 1) + 1)
+    for i, img in enumerate(images[:, 0]):
+        r, c = divmod(i, nrow)
+        grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = (img + 1) / 2
+    plt.imsave(str(path), grid.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)

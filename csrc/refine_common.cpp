@@ -40,7 +40,7 @@ void check_inputs(at::TensorList weights, const OptionalTensorList& biases, doub
   TORCH_CHECK(std::isfinite(eps) && eps > 0, "svs.refine: eps must be finite and > 0, got ", eps);
   const auto device = weights[0].device();
   std::vector<at::Tensor> finite;  // one flag per tensor, read back to the host once
-  std::vector<std::pair<const char*, size_t>> flagged;
+  std::vector<std::tuple<const char*, size_t, std::vector<int64_t>>> flagged;
   auto check_tensor = [&](const at::Tensor& t, const char* what, size_t i) {
     TORCH_CHECK(t.device() == device, "svs.refine: ", what, "[", i, "] is on ", t.device(),
                 " but weights[0] is on ", device);
@@ -48,7 +48,7 @@ void check_inputs(at::TensorList weights, const OptionalTensorList& biases, doub
                 "] has dtype ", t.scalar_type(), "; expected float16, bfloat16, float32 or float64");
     TORCH_CHECK(t.numel() > 0, "svs.refine: ", what, "[", i, "] is empty (shape ", t.sizes(), ")");
     finite.push_back(at::isfinite(t).all());
-    flagged.emplace_back(what, i);
+    flagged.emplace_back(what, i, t.sizes().vec());
   };
   for (size_t i = 0; i < weights.size(); ++i) {
     const auto& w = weights[i];
@@ -65,9 +65,9 @@ void check_inputs(at::TensorList weights, const OptionalTensorList& biases, doub
   const at::Tensor ok = at::stack(finite).cpu();
   const bool* flags = ok.data_ptr<bool>();
   for (size_t j = 0; j < flagged.size(); ++j) {
-    const auto [what, i] = flagged[j];
-    const at::Tensor& t = std::string(what) == "weights" ? weights[i] : *biases.get(i);
-    TORCH_CHECK(flags[j], "svs.refine: ", what, "[", i, "] (shape ", t.sizes(), ") contains NaN or Inf");
+    const auto& [what, i, sizes] = flagged[j];
+    TORCH_CHECK(flags[j], "svs.refine: ", what, "[", i, "] (shape ", at::IntArrayRef(sizes),
+                ") contains NaN or Inf");
   }
 }
 

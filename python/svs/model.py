@@ -50,7 +50,11 @@ def refine_tensors(
 
     new: Dict[str, torch.Tensor] = {}
     if not dry_run:
-        for chunk in _chunks(weights, named, progress):
+        # One operator call normally; with a progress bar, one per shape group so the bar can move
+        # (each group is still one batched decomposition).
+        chunks = _shape_groups(weights, named) if progress else [weights]
+        bar = _progress_bar(len(weights)) if progress else None
+        for chunk in chunks:
             w = [named[n] for n in chunk]
             b = [named[bias_of[n]] if n in bias_of else None for n in chunk]
             new_w, new_b = _call_refine(chunk, bias_of, w, b, map=map, eps=eps, method=method)
@@ -58,6 +62,10 @@ def refine_tensors(
                 new[n] = t
                 if nb is not None:
                     new[bias_of[n]] = nb
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
         for name, role in roles.items():
             if role is Role.RESET_ONE:
                 new[name] = torch.ones_like(named[name])
@@ -89,27 +97,17 @@ def refine_tensors(
     return new, report
 
 
-def _chunks(weights: List[str], named: Dict[str, torch.Tensor], progress: bool) -> List[List[str]]:
-    """One chunk (one operator call) normally; with ``progress``, one per shape group so a bar can
-    advance (each group is still a single batched decomposition)."""
-    if not progress:
-        return [weights]
-    from tqdm.auto import tqdm
-
+def _shape_groups(weights: List[str], named: Dict[str, torch.Tensor]) -> List[List[str]]:
     groups: Dict[tuple, List[str]] = defaultdict(list)
     for n in weights:
-        t = named[n]
-        groups[(t.shape[0], t[0].numel())].append(n)
-    bar = tqdm(total=len(weights), desc="SVS", unit="matrix")
+        groups[(named[n].shape[0], named[n][0].numel())].append(n)
+    return list(groups.values())
 
-    class _Tracked(list):
-        def __iter__(self):
-            for chunk in super().__iter__():
-                yield chunk
-                bar.update(len(chunk))
-            bar.close()
 
-    return _Tracked(groups.values())
+def _progress_bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="SVS", unit="matrix")
 
 
 def _call_refine(names, bias_of, w, b, **kwargs):

@@ -111,8 +111,30 @@ def report(args: argparse.Namespace) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(OUT / "fid_vs_steps.png")
+    spectra_plots(ratios, cfg["importance"], OUT)
+    lines += ["", "Singular values before/after SVS (the paper's Figure 1(b)): "
+              + ", ".join(f"`spectrum_p{round(r * 100)}.png`" for r in ratios) + "; FID along fine-tuning: `fid_vs_steps.png`."]
     (OUT / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def spectra_plots(ratios, importance: str, out: Path) -> None:
+    """Singular values of the pruned teacher's weights before and after SVS, per sparsity."""
+    import copy
+
+    from svs import refine_model
+    from svs.pipelines import digits, load_teacher, student
+    from svs.spectrum import plot_spectra, singular_values
+
+    teacher, images = load_teacher(), digits()[0]
+    for ratio in ratios:
+        pruned = student(teacher, ratio, "pruned", importance=importance, seed=0, images=images)
+        refined = copy.deepcopy(pruned)
+        names = [r.name for r in refine_model(refined, preset="ddpm", stats=False).weights]
+        before = singular_values([dict(pruned.named_parameters())[n] for n in names])
+        after = singular_values([dict(refined.named_parameters())[n] for n in names])
+        plot_spectra({"pruned": before, "pruned + SVS": after}, str(out / f"spectrum_p{round(ratio * 100)}.png"),
+                     title=f"digits teacher pruned {ratio:.0%}: {len(names)} weights")
 
 
 def main() -> None:

@@ -67,8 +67,9 @@ def describe(s: torch.Tensor) -> Dict[str, float]:
 
 
 
-def save_image_grid(images: torch.Tensor, path, nrow: int = 8) -> None:
-    """Saves images in [-1, 1] of shape (n, 1, h, w) as one PNG grid (matplotlib, no torchvision)."""
+def save_image_grid(images: torch.Tensor, path, nrow: int = 8, scale: int = 4) -> None:
+    """Saves images in [-1, 1] of shape (n, 1, h, w) as one PNG grid (matplotlib, no torchvision),
+    each pixel drawn as a ``scale`` x ``scale`` block so small digits stay visible."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,4 +81,5 @@ def save_image_grid(images: torch.Tensor, path, nrow: int = 8) -> None:
     for i, img in enumerate(images[:, 0]):
         r, c = divmod(i, nrow)
         grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = (img + 1) / 2
+    grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
     plt.imsave(str(path), grid.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)

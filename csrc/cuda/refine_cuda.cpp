@@ -221,6 +221,10 @@ class Wave {
   void run_gram(const std::vector<int>& ids, int* info, int* ill);
   void run_per_matrix_svd(const std::vector<int>& ids, int* info, bool exact);
   void threshold_svd_factors();
+  // Scales each product P_b = M_b Q_b (rows or columns, whichever is the short side) by its
+  // inverse singular values buffer(inv)[inv_off[b] ...], for all matrices in one launch.
+  void scale_by_inverse_sigma(const std::vector<int>& ids, int products, const std::vector<int64_t>& moff,
+                              int inv, const std::vector<int64_t>& inv_off);
   at::Tensor materialise(const View& v, bool f64);
 
   std::vector<const Mat*> mats_;
@@ -394,8 +398,6 @@ void Wave::run_gram_padded(const std::vector<int>& ids, int* info, int* ill) {
                                sc::kTuning.gram_max_eigen_ratio, stream()),
         "thresholding the Gram spectra");
 
-  std::vector<sc::ScaleDesc> scale;
-  int64_t total = 0;
   for (const auto& [p0, count] : runs) {
     const Mat& a = mat(ids[p0]);
     const int64_t qoff = (D - a.k()) * D;  // first of the top-k eigenvector columns
@@ -403,22 +405,9 @@ void Wave::run_gram_padded(const std::vector<int>& ids, int* info, int* ill) {
                          ptr(P) + moff[p0]),
           "applying the eigenvectors (DGEMM)");
   }
-  for (int64_t b = 0; b < batch; ++b) {
-    const Mat& a = mat(ids[b]);
-    sc::ScaleDesc d{};
-    d.p = ptr(P) + moff[b];
-    d.scale = ptr(I) + b * D + (D - a.k());
-    d.rows = a.m;
-    d.cols = a.n;
-    d.begin = total;
-    d.by_row = a.m <= a.n ? 1 : 0;
-    total += a.m * a.n;
-    scale.push_back(d);
-  }
-  at::Tensor scale_dev = upload(scale, device_);
-  keep_alive_.push_back(scale_dev);
-  check(sc::scale(device_ptr<sc::ScaleDesc>(scale_dev), batch, total, stream()),
-        "scaling by the inverse singular values");
+  std::vector<int64_t> inv_off(batch);  // top-k inverse singular values of each padded matrix
+  for (int64_t b = 0; b < batch; ++b) inv_off[b] = b * D + (D - mat(ids[b]).k());
+  scale_by_inverse_sigma(ids, P, moff, I, inv_off);
 
   for (int64_t b = 0; b < batch; ++b) {
     const Mat& a = mat(ids[b]);
@@ -553,24 +542,7 @@ void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill) {
                          a.k() * a.k(), ptr(P) + moff[p0]),
           "applying the eigenvectors (DGEMM)");
   }
-  std::vector<sc::ScaleDesc> scale;
-  int64_t total = 0;
-  for (int64_t b = 0; b < batch; ++b) {
-    const Mat& a = mat(ids[b]);
-    sc::ScaleDesc d{};
-    d.p = ptr(P) + moff[b];
-    d.scale = ptr(I) + woff[b];
-    d.rows = a.m;
-    d.cols = a.n;
-    d.begin = total;
-    d.by_row = a.m <= a.n ? 1 : 0;
-    total += a.m * a.n;
-    scale.push_back(d);
-  }
-  at::Tensor scale_dev = upload(scale, device_);
-  keep_alive_.push_back(scale_dev);
-  check(sc::scale(device_ptr<sc::ScaleDesc>(scale_dev), batch, total, stream()),
-        "scaling by the inverse singular values");
+  scale_by_inverse_sigma(ids, P, moff, I, woff);
 
   for (int64_t b = 0; b < batch; ++b) {
     const Mat& a = mat(ids[b]);
@@ -687,6 +659,29 @@ void Wave::run_per_matrix_svd(const std::vector<int>& ids, int* info, bool exact
 }
 
 // One launch: every raw singular value <= rel_tol * s_max becomes 0 (refine.h's rank rule).
+void Wave::scale_by_inverse_sigma(const std::vector<int>& ids, int products,
+                                    const std::vector<int64_t>& moff, int inv,
+                                    const std::vector<int64_t>& inv_off) {
+  std::vector<sc::ScaleDesc> scale;
+  int64_t total = 0;
+  for (size_t b = 0; b < ids.size(); ++b) {
+    const Mat& a = mat(ids[b]);
+    sc::ScaleDesc d{};
+    d.p = ptr(products) + moff[b];
+    d.scale = ptr(inv) + inv_off[b];
+    d.rows = a.m;
+    d.cols = a.n;
+    d.begin = total;
+    d.by_row = a.m <= a.n ? 1 : 0;
+    total += a.m * a.n;
+    scale.push_back(d);
+  }
+  at::Tensor scale_dev = upload(scale, device_);
+  keep_alive_.push_back(scale_dev);
+  check(sc::scale(device_ptr<sc::ScaleDesc>(scale_dev), static_cast<int64_t>(ids.size()), total, stream()),
+        "scaling by the inverse singular values");
+}
+
 void Wave::threshold_svd_factors() {
   std::vector<sc::SegmentDesc> seg;
   for (auto& f : factors_) {

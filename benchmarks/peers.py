@@ -26,8 +26,8 @@ PeerFn = Callable[[Sequence[torch.Tensor], Sequence[Optional[torch.Tensor]]], Tu
 
 # method= values of torch.ops.svs.refine per device: THE list (see the module docstring).
 ROUTES: Dict[str, Tuple[str, ...]] = {
-    "cpu": ("auto", "gram", "svd"),
-    "cuda": ("auto", "jacobi", "gram", "svd"),
+    "cpu": ("auto", "gram", "svd", "aten"),
+    "cuda": ("auto", "jacobi", "gram", "svd", "aten"),
 }
 
 BIAS_EPS = 1e-8

@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include "constants.h"
+
 #include <map>
 #include <optional>
 #include <string>
@@ -42,8 +44,9 @@ at::Tensor apply_map(const at::Tensor& s, const at::Tensor& s_max, const at::Ten
 // b / sqrt(||b||_2 + eps), computed in float64, returned in b's dtype.
 at::Tensor scale_bias(const at::Tensor& bias, double eps);
 
-// Relative threshold below which a singular value counts as zero: max(m, n) * eps(dtype),
-// the usual numerical-rank tolerance (numpy.linalg.matrix_rank).
-double rank_tolerance(int64_t rows, int64_t cols, at::ScalarType compute_dtype);
+// The ATen route (csrc/refine_aten.cpp): device-generic float64 ATen calls, so the same code is
+// the CPU kernel and method="aten" of the CUDA kernel. method: "auto", "gram" or "svd".
+RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biases,
+                         const SigmaMap& map, double eps, const std::string& method);
 
 }  // namespace svs

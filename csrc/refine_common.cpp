@@ -107,12 +107,6 @@ at::Tensor scale_bias(const at::Tensor& bias, double eps) {
   return (b / (b.norm() + eps).sqrt()).to(bias.scalar_type());
 }
 
-double rank_tolerance(int64_t rows, int64_t cols, at::ScalarType compute_dtype) {
-  const double eps = compute_dtype == at::kDouble ? std::numeric_limits<double>::epsilon()
-                                                  : std::numeric_limits<float>::epsilon();
-  return static_cast<double>(std::max(rows, cols)) * eps;
-}
-
 namespace {
 
 // In place, one shape group at a time, so the peak extra memory is one group's result, not the

@@ -1,5 +1,6 @@
-"""torch.ops.svs.refine on CUDA: the CUDA kernel against the CPU kernel and the float64 numpy
-reference (tests/conftest.py). The GPU tests are skipped without a GPU or without the CUDA kernel
+"""torch.ops.svs.refine on CUDA: the CUDA kernel against the CPU kernel, the float64 numpy
+reference (tests/conftest.py), and its own method="aten" route on the same GPU (device-generic
+ATen calls in float64: the exact fallback every GPU has). The GPU tests are skipped without a GPU or without the CUDA kernel
 in the build; the last two tests run everywhere.
 
 Tolerances: relative Frobenius error of each output against the float64 reference computed from
@@ -41,7 +42,8 @@ requires_cuda = pytest.mark.skipif(
     "run benchmarks/gpu_check.sh on a GPU machine",
 )
 
-METHODS = ["auto", "jacobi", "gram", "svd"]
+METHODS = ["auto", "jacobi", "gram", "svd", "aten"]
+CUSOLVER_METHODS = ["auto", "jacobi", "gram", "svd"]
 MAPS = ["sqrt", "log1p", "abslog", "power:0.3", "ones", "spectral", "square", "identity"]
 # float32 / float64 tolerances of the CUDA kernel (module docstring); half types as on the CPU.
 CUDA_TOL = {torch.float64: 1e-8, torch.float32: 1e-5, torch.float16: TOL[torch.float16],
@@ -160,6 +162,63 @@ def test_gram_beyond_batched_eigensolver_size(method):
         assert_matches(nw.cpu(), reference_refine(w), CUDA_TOL[torch.float32])
 
 
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", CUSOLVER_METHODS)
+def test_cusolver_routes_match_aten_route_on_the_same_gpu(method, dtype):
+    """Every cuSOLVER route against method="aten" on the same GPU, one call over every shape class.
+    Both are within their own tolerance of the float64 reference (CUDA_TOL, TOL), so they differ
+    by at most the sum."""
+    seed = 20261124
+    log_kappa = 3  # inside the Gram route's accuracy range, so method="gram" is compared too
+    ws = [torch.from_numpy(with_spectrum(*s, 10.0**log_kappa, 2.0, seed + i)).to(dtype) for i, s in enumerate(SHAPES)]
+    bs = [torch.linspace(-1, 1, w.shape[0], dtype=dtype) for w in ws]
+    new_w, new_b = svs.refine(on_device(ws), on_device(bs), method=method)
+    aten_w, aten_b = svs.refine(on_device(ws), on_device(bs), method="aten")
+    for w, nw, aw in zip(ws, new_w, aten_w):
+        assert nw.dtype == aw.dtype == w.dtype and nw.shape == aw.shape == w.shape
+        assert_matches(nw.cpu(), aw.cpu().double().numpy(), CUDA_TOL[dtype] + TOL[dtype])
+        assert_matches(aw.cpu(), reference_refine(w), TOL[dtype])
+    for nb, ab in zip(new_b, aten_b):
+        assert_matches(nb.cpu(), ab.cpu().double().numpy(), TOL[dtype])
+
+
+@requires_cuda
+def test_small_route_beyond_one_batch():
+    """More 32x32-padded matrices than one gesvdjBatched call takes (kTuning.max_small_batch =
+    2^17, lower where the int workspace would overflow): the chunks must join seamlessly."""
+    g = torch.Generator().manual_seed(5)
+    stack = torch.randn(2**17 + 1000, 3, 5, generator=g)
+    ws = list(stack.to(DEVICE).unbind(0))
+    new_w, _ = svs.refine(ws, method="auto")
+    aten_w, _ = svs.refine(ws, method="aten")
+    out, ref = torch.stack(new_w).double(), torch.stack(aten_w).double()
+    err = (out - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
+    assert err.max().item() <= CUDA_TOL[torch.float32] + TOL[torch.float32], err.argmax().item()
+
+
+@requires_cuda
+@pytest.mark.parametrize("method", ["auto", "gram"])
+def test_batched_eigensolver_beyond_one_chunk(method):
+    """More same-shape Gram matrices (k = 40 > 32) than one XsyevBatched call takes
+    (kTuning.max_eigh_batch = 4096)."""
+    g = torch.Generator().manual_seed(6)
+    ws = list(torch.randn(5000, 40, 50, generator=g).to(DEVICE).unbind(0))
+    new_w, _ = svs.refine(ws, method=method)
+    aten_w, _ = svs.refine(ws, method="aten")
+    out, ref = torch.stack(new_w).double(), torch.stack(aten_w).double()
+    err = (out - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
+    assert err.max().item() <= CUDA_TOL[torch.float32] + TOL[torch.float32], err.argmax().item()
+
+
+@requires_cuda
+def test_large_ill_conditioned_matrix_is_redone_exactly():
+    """kappa 1e7 at 600 x 900: outside the Gram route's range, so "auto" redoes it with gesvd."""
+    w = torch.from_numpy(with_spectrum(600, 900, 1e7, 1.0, 8)).float()
+    (out,), _ = svs.refine(on_device([w]), method="auto")
+    check_against_cpu(w, out.cpu())
+
+
 # ---- rank, layout, biases -------------------------------------------------------------------------
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -273,7 +332,7 @@ def test_compiles_with_torch_compile():
 
 @requires_cuda
 def test_bad_method_on_cuda():
-    with pytest.raises(RuntimeError, match="method 'qr' is not available on CUDA"):
+    with pytest.raises(RuntimeError, match="method 'qr' is not available on CUDA; expected auto, aten"):
         svs.refine(on_device([torch.randn(4, 4)]), method="qr")
 
 

@@ -189,6 +189,17 @@ def test_bad_map(map, match):
         torch.ops.svs.refine_([w], [None], map)
 
 
+def test_aten_method_is_the_cpu_route(rng):
+    """method="aten" names the device-generic ATen route on every device (on CUDA, the exact
+    fallback); on the CPU it is the CPU kernel's own "auto" route, to the bit."""
+    ws = [torch.from_numpy(rng.standard_normal(s)).float() for s in [(8, 3, 3, 3), (40, 7), (5, 5)]]
+    bs = [torch.randn(8), None, torch.randn(5)]
+    auto_w, auto_b = svs.refine(ws, bs, method="auto")
+    aten_w, aten_b = svs.refine(ws, bs, method="aten")
+    assert all(torch.equal(a, e) for a, e in zip(aten_w, auto_w))
+    assert torch.equal(aten_b[0], auto_b[0]) and aten_b[1] is None and torch.equal(aten_b[2], auto_b[2])
+
+
 def test_bad_method_and_eps():
     with pytest.raises(RuntimeError, match="method 'jacobi' is not available on CPU"):
         svs.refine([torch.randn(4, 4)], method="jacobi")

@@ -6,7 +6,8 @@
 #include <limits>
 #include <string>
 
-#include "svs_cuda.h"  // kSmallDim
+#include "constants.h"  // kGramMaxEigenRatio, rank tolerances (shared with the ATen route)
+#include "svs_cuda.h"   // kSmallDim
 
 namespace svs {
 namespace cuda {
@@ -17,7 +18,7 @@ namespace cuda {
 //     eps32 * sqrt(kappa) / 2 ~ 6e-5 at kappa 1e6, and the float32 rank tolerance
 //     max(m, n) * eps32 (~4e-6 for 32x32, ~1e-4 for 1000 columns) would zero singular values
 //     that the float64 CPU kernel keeps. In float64 the CUDA kernel follows the CPU reference
-//     (same rank rule, rank_tolerance(m, n, kDouble)).
+//     (same rank rule and Gram threshold, constants.h).
 //   - H100/H200 run FP64 at half the FP32 vector rate and DGEMM on FP64 tensor cores at the FP32
 //     rate, and the Gram route needs float64 anyway.
 // The factors handed to svs::_reconstruct are float32 (float64 for float64 inputs): rounding
@@ -68,11 +69,13 @@ constexpr int64_t kAnySize = std::numeric_limits<int64_t>::max();
 //     Jacobi accuracy (no squared condition number).
 //   - short <= 32 < long: Gram of the short side is at most 32x32, so all of them share ONE
 //     syevjBatched launch (the Gram GEMMs are one launch per shape). Matrices whose Gram spectrum
-//     exceeds kTuning.gram_max_eigen_ratio are redone with Jacobi (same rule as the CPU kernel).
+//     exceeds kGramMaxEigenRatio are redone with the exact SVD (same rule as the ATen route).
 //   - larger: Gram = 2mk^2 (DGEMM) + ~9k^3 (eigensolver) + 2mk^2 (apply), mostly DGEMM at the
 //     FP64 tensor-core rate (67 TFLOP/s on H100 SXM); one-sided Jacobi is ~10 sweeps of ~6mk^2 at
 //     the FP64 vector rate (34 TFLOP/s) with many small launches per sweep, so Gram should win by
-//     5-10x for every shape. Ill-conditioned matrices are redone with Jacobi as above.
+//     5-10x for every shape. Ill-conditioned matrices are redone with the exact SVD as above
+//     (not Jacobi: gesvdj may not converge on a large ill-conditioned float64 matrix, e.g.
+//     4096 x 14336, and is slower than gesvd there).
 // =================================================================================================
 struct PlanRow {
   int64_t max_short;
@@ -87,29 +90,29 @@ constexpr PlanRow kAutoPlan[] = {
 };
 
 struct Tuning {
-  // method="auto": a Gram-route matrix whose eigenvalues span more than this (kappa^2; 1e8 is
-  // kappa 1e4, where the float64 Gram route's error eps64 * kappa^1.5 reaches ~1e-10) is redone
-  // with Route::Jacobi. Same constant as the CPU kernel (kGramMaxEigenRatio in refine_cpu.cpp).
-  double gram_max_eigen_ratio;
   // Gram route: Gram matrices up to this side go through one XsyevBatched per shape group;
   // larger ones through Xsyevd per matrix on the side streams. PROVISIONAL (PyTorch's own eigh
   // switches from a syevj loop to syevd at 512 in float32).
   int64_t batched_eigh_max_side;
+  // Largest batch of one XsyevBatched call (it is halved further when its workspace does not fit
+  // the wave's budget). PROVISIONAL.
+  int64_t max_eigh_batch;
   // Streams for the per-matrix routes (Jacobi, Exact, Xsyevd). PROVISIONAL.
   int num_streams;
   // Float64 workspace budget of one wave: matrices are decomposed and reconstructed in waves of
   // at most this many bytes of estimated workspace, so a model does not need ~5x its size in
   // float64 scratch at once. A matrix above it gets a wave of its own. PROVISIONAL.
   int64_t wave_bytes;
-  // Largest batch of one gesvdjBatched / syevjBatched call (32x32 float64 each): cuSOLVER sizes
-  // the whole batch's workspace as an int count of doubles. The small route is ONE launch up to
+  // Largest batch of one gesvdjBatched / syevjBatched call (32x32 float64 each). cuSOLVER sizes
+  // the whole batch's workspace as an int count of doubles, so the batch is capped further where
+  // that count provably fits (int_workspace_batch in wave.h). The small route is ONE launch up to
   // this count (tiny-batch: 100k matrices), one per chunk above it.
   int64_t max_small_batch;
 };
 
 constexpr Tuning kTuning = {
-    /*gram_max_eigen_ratio=*/1e8,
     /*batched_eigh_max_side=*/1024,
+    /*max_eigh_batch=*/4096,
     /*num_streams=*/4,
     /*wave_bytes=*/int64_t{8} << 30,
     /*max_small_batch=*/int64_t{1} << 17,

@@ -24,10 +24,30 @@ namespace {
       return Status{#expr, static_cast<int>(svs_status_)};            \
   } while (0)
 
+// cudaGetLastError returns (and clears) the last error of ANY earlier runtime call of this thread,
+// so it is read before each launch too: an error left by an earlier asynchronous call is reported
+// as such, never blamed on the kernel launched next.
+Status pending_error() {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return Status{"an earlier CUDA call (error pending before the launch)", static_cast<int>(err)};
+  return Status{};
+}
+
 Status launch_status(const char* kernel) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return Status{kernel, static_cast<int>(err)};
   return Status{};
+}
+
+// Launches kernel<<<grid, threads, 0, stream>>>(args...) and reports its launch error only.
+template <typename... KernelArgs, typename... Args>
+Status launch(const char* name, void (*kernel)(KernelArgs...), int64_t grid, int threads,
+              cudaStream_t stream, Args... args) {
+  const Status before = pending_error();
+  if (!before.ok()) return before;
+  if (grid <= 0 || grid > INT_MAX) return Status{name, static_cast<int>(cudaErrorInvalidConfiguration)};
+  kernel<<<static_cast<unsigned>(grid), threads, 0, stream>>>(args...);
+  return launch_status(name);
 }
 
 // ---- tiled element-wise kernels over a descriptor list ----------------------------------------
@@ -210,30 +230,24 @@ bool fits_int(int64_t v) { return v >= 0 && v <= INT_MAX; }
 // ---- kernels -------------------------------------------------------------------------------------
 Status pack(const PackDesc* desc, int64_t count, int64_t total, cudaStream_t stream) {
   if (count == 0 || total == 0) return Status{};
-  pack_kernel<<<static_cast<unsigned>(tiles(total)), kThreads, 0, stream>>>(desc, count, total);
-  return launch_status("svs::cuda::pack_kernel");
+  return launch("svs::cuda::pack_kernel", pack_kernel, tiles(total), kThreads, stream, desc, count, total);
 }
 
 Status threshold_segments(const SegmentDesc* desc, int64_t count, double max_eigen_ratio,
                           cudaStream_t stream) {
   if (count == 0) return Status{};
-  if (!fits_int(count)) return Status{"svs::cuda::threshold_segments (too many segments)", 0};
-  threshold_kernel<<<static_cast<unsigned>(count), kSegmentThreads, 0, stream>>>(desc,
-                                                                               max_eigen_ratio);
-  return launch_status("svs::cuda::threshold_kernel");
+  return launch("svs::cuda::threshold_kernel", threshold_kernel, count, kSegmentThreads, stream, desc,
+                max_eigen_ratio);
 }
 
 Status scale(const ScaleDesc* desc, int64_t count, int64_t total, cudaStream_t stream) {
   if (count == 0 || total == 0) return Status{};
-  scale_kernel<<<static_cast<unsigned>(tiles(total)), kThreads, 0, stream>>>(desc, count, total);
-  return launch_status("svs::cuda::scale_kernel");
+  return launch("svs::cuda::scale_kernel", scale_kernel, tiles(total), kThreads, stream, desc, count, total);
 }
 
 Status scale_biases(const BiasDesc* desc, int64_t count, double eps, cudaStream_t stream) {
   if (count == 0) return Status{};
-  if (!fits_int(count)) return Status{"svs::cuda::scale_biases (too many biases)", 0};
-  bias_kernel<<<static_cast<unsigned>(count), kSegmentThreads, 0, stream>>>(desc, eps);
-  return launch_status("svs::cuda::bias_kernel");
+  return launch("svs::cuda::bias_kernel", bias_kernel, count, kSegmentThreads, stream, desc, eps);
 }
 
 // ---- small route ---------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-// CPU kernel of svs::refine: the fallback and the reference. Everything is computed in float64,
-// one batched LAPACK call per group of equal (rows, cols), in chunks that bound the extra memory.
+// The ATen route of svs::refine: the CPU kernel, and method="aten" of the CUDA kernel (the exact
+// fallback a user can take on any GPU, and the same-device reference of the GPU tests).
+// Everything is computed in float64 with device-generic ATen calls, one batched call per group of
+// equal (rows, cols), in chunks that bound the extra memory.
 //
 // Routes (method=):
 //   "svd"  : thin SVD, W' = U f(S) V^T.
@@ -7,23 +9,24 @@
 //            W' = Q g(L) Q^T M with g(l) = f(sqrt l) / sqrt l. About 3.5x faster than "svd" on
 //            CPU; its error grows like eps64 * kappa^1.5, so it is exact to ~1e-10 for kappa <= 1e4.
 //   "auto" : "gram", and "svd" for every matrix whose Gram spectrum shows kappa > 1e4
-//            (ill-conditioned or rank-deficient matrices).
+//            (ill-conditioned or rank-deficient matrices; kGramMaxEigenRatio in constants.h).
 #include "refine.h"
 
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 
 namespace svs {
 namespace {
 
 constexpr int64_t kChunkElements = int64_t{1} << 26;  // 512 MiB of float64 per batched call
-constexpr double kGramMaxEigenRatio = 1e8;           // kappa^2 above which "auto" uses "svd"
+constexpr double kEps64 = std::numeric_limits<double>::epsilon();
 
 at::Tensor refine_svd(const at::Tensor& a, const SigmaMap& map) {
   auto [u, s, vh] = at::linalg_svd(a, /*full_matrices=*/false);
   const at::Tensor s_max = s.narrow(-1, 0, 1);
-  const at::Tensor keep = s > s_max * rank_tolerance(a.size(-2), a.size(-1), at::kDouble);
+  const at::Tensor keep = s > s_max * rank_tolerance(a.size(-2), a.size(-1), kEps64);
   return at::matmul(u * apply_map(s, s_max, keep, map).unsqueeze(-2), vh);
 }
 
@@ -38,9 +41,7 @@ std::pair<at::Tensor, at::Tensor> refine_gram(const at::Tensor& a, const SigmaMa
       (l.narrow(-1, 0, 1) * kGramMaxEigenRatio >= l_max).squeeze(-1);
   const at::Tensor s = l.clamp_min(0).sqrt();
   const at::Tensor s_max = s.narrow(-1, s.size(-1) - 1, 1);
-  // Eigenvalue noise is ~max(m, n) * eps64 * l_max, so singular value noise is its square root.
-  const at::Tensor keep =
-      s > s_max * std::sqrt(rank_tolerance(a.size(-2), a.size(-1), at::kDouble));
+  const at::Tensor keep = s > s_max * gram_rank_tolerance(a.size(-2), a.size(-1));
   const at::Tensor g = (apply_map(s, s_max, keep, map) / at::where(keep, s, at::ones_like(s)))
                            .unsqueeze(-2);
   const at::Tensor qt = q.mT();
@@ -57,14 +58,21 @@ at::Tensor refine_batch(const at::Tensor& a, const SigmaMap& map, const std::str
   return out;
 }
 
+// The CPU kernel: "aten" names this same route on every device, so it is accepted as "auto".
 RefineResult refine_cpu(at::TensorList weights, const OptionalTensorList& biases,
                         c10::string_view map_name, double eps, c10::string_view method_view) {
   const std::string method(method_view);
-  TORCH_CHECK(method == "auto" || method == "svd" || method == "gram", "svs.refine: method '",
-              method, "' is not available on CPU; expected auto, svd or gram");
+  TORCH_CHECK(method == "auto" || method == "svd" || method == "gram" || method == "aten",
+              "svs.refine: method '", method, "' is not available on CPU; expected auto, aten, svd or gram");
   const SigmaMap map = parse_map(std::string(map_name));
   check_inputs(weights, biases, eps);
+  return refine_aten(weights, biases, map, eps, method == "aten" ? "auto" : method);
+}
 
+}  // namespace
+
+RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biases,
+                         const SigmaMap& map, double eps, const std::string& method) {
   std::vector<at::Tensor> out_weights(weights.size());
   for (const auto& [shape, indices] : group_by_shape(weights)) {
     const auto [rows, cols] = shape;
@@ -97,8 +105,6 @@ RefineResult refine_cpu(at::TensorList weights, const OptionalTensorList& biases
   }
   return {out_weights, out_biases};
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(svs, CPU, m) { m.impl("refine", &refine_cpu); }
 

@@ -1,0 +1,29 @@
+// Numerical rules shared by every kernel of svs::refine (the ATen route, the CUDA routes).
+// Torch-free, so the device code (csrc/cuda/*.cu) includes it too: one definition of each number.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace svs {
+
+// Gram routes under method="auto": a matrix whose Gram eigenvalues span more than this ratio
+// (kappa^2; 1e8 is kappa 1e4, where the float64 Gram route's error n * eps64 * kappa^1.5 reaches
+// ~1e-10) is redone with an exact SVD.
+constexpr double kGramMaxEigenRatio = 1e8;
+
+// Relative threshold (times s_max) below which a singular value counts as zero:
+// max(m, n) * eps, the usual numerical-rank tolerance (numpy.linalg.matrix_rank).
+inline double rank_tolerance(int64_t rows, int64_t cols, double eps) {
+  return static_cast<double>(std::max(rows, cols)) * eps;
+}
+
+// The same for singular values taken as sqrt of float64 Gram eigenvalues: eigenvalue noise is
+// ~max(m, n) * eps64 * l_max, so singular value noise is its square root.
+inline double gram_rank_tolerance(int64_t rows, int64_t cols) {
+  return std::sqrt(rank_tolerance(rows, cols, std::numeric_limits<double>::epsilon()));
+}
+
+}  // namespace svs

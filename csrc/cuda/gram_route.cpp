@@ -1,0 +1,213 @@
+// Route::Gram and Route::GramPadded: one pipeline. For wide M (m <= n): G = M M^T = Q L Q^T,
+// U = Q, Vh = diag(1/s) Q^T M. For tall M: G = M^T M, Vh = Q^T, U = M Q diag(1/s). s = sqrt(l).
+//
+// Matrix b's Gram matrix is ld x ld (column-major) at G + goff[b], its eigenvalues at W + woff[b]:
+//   padded (k <= 32): ld = 32, G zero-filled, ONE syevjBatched for every such matrix; the padding
+//                     adds zero eigenvalues only, and eigenvalues come back ascending, so the
+//                     spectrum of the k x k Gram is in the last k slots (offset ld - k);
+//   unpadded:         ld = k, one XsyevBatched per shape group (or Xsyevd per matrix on the side
+//                     streams above kTuning.batched_eigh_max_side).
+#include "handles.h"
+#include "wave.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+
+namespace svs {
+namespace cuda {
+namespace {
+
+// Runs of consecutive positions with the same (m, n) (ids are sorted by shape beforehand):
+// (first position, count).
+std::vector<std::pair<int64_t, int64_t>> shape_runs(const std::vector<int>& ids,
+                                                    const std::vector<const Mat*>& mats) {
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  for (int64_t p = 0; p < static_cast<int64_t>(ids.size()); ++p) {
+    const Mat& a = *mats[ids[p]];
+    if (!runs.empty()) {
+      const Mat& first = *mats[ids[runs.back().first]];
+      if (first.m == a.m && first.n == a.n) {
+        ++runs.back().second;
+        continue;
+      }
+    }
+    runs.push_back({p, 1});
+  }
+  return runs;
+}
+
+}  // namespace
+
+void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padded) {
+  const int64_t batch = static_cast<int64_t>(ids.size());
+  std::vector<int64_t> ld(batch), top(batch), moff(batch + 1, 0), goff(batch + 1, 0), woff(batch + 1, 0);
+  for (int64_t b = 0; b < batch; ++b) {
+    const Mat& a = mat(ids[b]);
+    ld[b] = padded ? kSmallDim : a.k();
+    top[b] = ld[b] - a.k();
+    moff[b + 1] = moff[b] + a.m * a.n;
+    goff[b + 1] = goff[b] + ld[b] * ld[b];
+    woff[b + 1] = woff[b] + ld[b];
+  }
+  const int M = add_buffer(moff[batch]), G = add_buffer(goff[batch], /*zero=*/padded),
+            W = add_buffer(woff[batch]), I = add_buffer(woff[batch]), P = add_buffer(moff[batch]);
+  std::vector<PackTarget> targets;
+  for (int64_t b = 0; b < batch; ++b) {
+    const Mat& a = mat(ids[b]);
+    targets.push_back({ptr(M) + moff[b], a.n, 1, a.m, a.n});  // row-major
+  }
+  pack(ids, targets);
+
+  BlasHandle blas(device_.index(), stream());
+  const auto runs = shape_runs(ids, mats_);
+  for (const auto& [p0, count] : runs) {
+    const Mat& a = mat(ids[p0]);
+    check(gram(blas, ptr(M) + moff[p0], a.m, a.n, count, ptr(G) + goff[p0], ld[p0], ld[p0] * ld[p0]),
+          "forming the Gram matrices (DGEMM)");
+  }
+  if (padded) solve_padded_eigen(batch, G, W, info);
+  else solve_gram_eigen(ids, goff, woff, G, W, info);
+
+  std::vector<SegmentDesc> seg;
+  std::vector<int64_t> inv_off(batch);  // the top k inverse singular values of each matrix
+  for (int64_t b = 0; b < batch; ++b) {
+    const Mat& a = mat(ids[b]);
+    inv_off[b] = woff[b] + top[b];
+    SegmentDesc d{};
+    d.values = ptr(W) + inv_off[b];
+    d.inv = ptr(I) + inv_off[b];
+    d.ill = (method_ == Method::Auto) ? ill + b : nullptr;
+    d.k = a.k();
+    d.rel_tol = gram_rank_tolerance(a.m, a.n);
+    d.eigen = 1;
+    seg.push_back(d);
+  }
+  threshold(seg);
+
+  for (const auto& [p0, count] : runs) {
+    const Mat& a = mat(ids[p0]);
+    const int64_t q = goff[p0] + top[p0] * ld[p0];  // first of the top-k eigenvector columns
+    check(gram_apply(blas, ptr(M) + moff[p0], a.m, a.n, count, ptr(G) + q, ld[p0], ld[p0] * ld[p0],
+                     ptr(P) + moff[p0]),
+          "applying the eigenvectors (DGEMM)");
+  }
+  scale_by_inverse_sigma(ids, P, moff, I, inv_off);
+
+  for (int64_t b = 0; b < batch; ++b) {
+    const Mat& a = mat(ids[b]);
+    const int64_t k = a.k(), q = goff[b] + top[b] * ld[b];
+    Factors& f = factors_[ids[b]];
+    f.s = view(W, inv_off[b], {k}, {1});
+    if (a.m <= a.n) {
+      f.u = view(G, q, {a.m, k}, {1, ld[b]});       // Q (column-major)
+      f.vh = view(P, moff[b], {k, a.n}, {a.n, 1});  // diag(1/s) Q^T M
+    } else {
+      f.u = view(P, moff[b], {a.m, k}, {k, 1});     // M Q diag(1/s)
+      f.vh = view(G, q, {k, a.n}, {ld[b], 1});      // Q^T
+    }
+    f.needs_threshold = false;
+  }
+}
+
+// Every padded 32x32 Gram matrix in one syevjBatched (per chunk whose int workspace fits).
+void Wave::solve_padded_eigen(int64_t batch, int G, int W, int* info) {
+  constexpr int64_t D = kSmallDim, DD = D * D;
+  SolverHandle handle(device_.index(), stream());
+  auto lwork_of = [&](int count) {
+    int lwork = 0;
+    check(small_eigh_workspace(handle, ptr(G), ptr(W), count, &lwork), "sizing the syevjBatched workspace");
+    return lwork;
+  };
+  const int64_t chunk = int_workspace_batch(lwork_of, std::min(batch, kTuning.max_small_batch));
+  const int lwork = lwork_of(static_cast<int>(chunk));
+  at::Tensor work = at::empty({lwork}, buffers_[G].options());
+  keep_alive_.push_back(work);
+  for (int64_t b0 = 0; b0 < batch; b0 += chunk) {
+    const int count = static_cast<int>(std::min(chunk, batch - b0));
+    check(small_eigh(handle, ptr(G) + b0 * DD, ptr(W) + b0 * D, work.data_ptr<double>(), lwork,
+                     info + b0, count),
+          "running syevjBatched");
+  }
+}
+
+// Unpadded Gram matrices: one XsyevBatched per shape group, in chunks of at most
+// kTuning.max_eigh_batch matrices and n * n * batch <= INT32_MAX (cuSOLVER's limit), halved while
+// the queried workspace exceeds the wave's slack, when the query answers INVALID_VALUE, or when
+// the workspace cannot be allocated; Xsyevd per matrix on the side streams for Gram matrices above
+// kTuning.batched_eigh_max_side.
+void Wave::solve_gram_eigen(const std::vector<int>& ids, const std::vector<int64_t>& goff,
+                            const std::vector<int64_t>& woff, int G, int W, int* info) {
+  SolverHandle handle(device_.index(), stream());
+  std::vector<int64_t> one_by_one;  // positions
+  for (const auto& [p0, count] : shape_runs(ids, mats_)) {
+    const int64_t k = mat(ids[p0]).k();
+    if (k > kTuning.batched_eigh_max_side) {
+      for (int64_t p = p0; p < p0 + count; ++p) one_by_one.push_back(p);
+      continue;
+    }
+    int64_t chunk = std::max<int64_t>(1, std::min({count, kTuning.max_eigh_batch, INT32_MAX / (k * k)}));
+    size_t dev_bytes = 0, host_bytes = 0;
+    at::Tensor dev_work;
+    for (;;) {
+      const Status st = eigh_batched_workspace(handle, ptr(G) + goff[p0], k, ptr(W) + woff[p0], chunk,
+                                               &dev_bytes, &host_bytes);
+      if (chunk > 1 && !st.ok() && st.code == CUSOLVER_STATUS_INVALID_VALUE) { chunk /= 2; continue; }
+      check(st, "sizing the XsyevBatched workspace");
+      if (chunk > 1 && static_cast<int64_t>(dev_bytes) > slack_) { chunk /= 2; continue; }
+      try {
+        dev_work = device_bytes(dev_bytes);
+      } catch (const c10::OutOfMemoryError&) {
+        if (chunk == 1) throw;
+        chunk /= 2;
+        continue;
+      }
+      break;
+    }
+    keep_alive_.push_back(dev_work);
+    host_work_.emplace_back(std::max<size_t>(host_bytes, 1));
+    for (int64_t c0 = p0; c0 < p0 + count; c0 += chunk) {
+      const int64_t c = std::min(chunk, p0 + count - c0);
+      check(eigh_batched(handle, ptr(G) + goff[c0], k, ptr(W) + woff[c0], dev_work.data_ptr(), dev_bytes,
+                         host_work_.back().data(), host_bytes, info + c0, c),
+            "running XsyevBatched");
+    }
+  }
+  if (one_by_one.empty()) return;
+
+  // Workspaces are sized and allocated before the fork (allocation is ordered on the current
+  // stream); the Gram matrices were formed on it before the fork too.
+  Fanout fan(device_.index(), kTuning.num_streams);
+  std::vector<double> cost;
+  for (int64_t p : one_by_one) cost.push_back(std::pow(static_cast<double>(mat(ids[p]).k()), 3));
+  const std::vector<int> slot = fan.assign(cost);
+  std::vector<size_t> dev_need(fan.size(), 1), host_need(fan.size(), 1);
+  for (size_t j = 0; j < one_by_one.size(); ++j) {
+    const int64_t p = one_by_one[j];
+    size_t dev_bytes = 0, host_bytes = 0;
+    check(eigh_workspace(fan.handle(slot[j]), ptr(G) + goff[p], mat(ids[p]).k(), ptr(W) + woff[p],
+                         &dev_bytes, &host_bytes),
+          "sizing the Xsyevd workspace");
+    dev_need[slot[j]] = std::max(dev_need[slot[j]], dev_bytes);
+    host_need[slot[j]] = std::max(host_need[slot[j]], host_bytes);
+  }
+  std::vector<at::Tensor> dev_work;
+  std::vector<size_t> host_index;
+  for (int s = 0; s < fan.size(); ++s) {
+    dev_work.push_back(device_bytes(dev_need[s]));
+    keep_alive_.push_back(dev_work.back());
+    host_work_.emplace_back(host_need[s]);
+    host_index.push_back(host_work_.size() - 1);
+  }
+  fan.fork();
+  for (size_t j = 0; j < one_by_one.size(); ++j) {
+    const int64_t p = one_by_one[j];
+    const int s = slot[j];
+    check(eigh(fan.handle(s), ptr(G) + goff[p], mat(ids[p]).k(), ptr(W) + woff[p], dev_work[s].data_ptr(),
+               dev_need[s], host_work_[host_index[s]].data(), host_need[s], info + p),
+          "running Xsyevd");
+  }
+}
+
+}  // namespace cuda
+}  // namespace svs

@@ -1,0 +1,140 @@
+// One wave of the CUDA kernel of svs::refine: the matrices decomposed and reconstructed together,
+// their float64 scratch buffers, and the phases that run their routes.
+//
+//   wave.cpp        buffers, packing, the phase loop (one host sync per phase), thresholds,
+//                   factor conversion, reconstruction
+//   gram_route.cpp  Route::Gram and Route::GramPadded: one Gram pipeline for both
+//   svd_routes.cpp  Route::Small (gesvdjBatched) and the per-matrix Jacobi / exact SVDs
+//
+// Every route writes one `info` per matrix (and, for the Gram routes under "auto", one
+// ill-conditioned flag) into a device status buffer that is copied to the host once per phase.
+// Matrices whose solver did not converge, and Gram matrices outside the Gram route's accuracy
+// range, are redone by Route::Exact (gesvd) in the next phase; a failing gesvd raises.
+#pragma once
+
+#include "planner.h"
+#include "svs_cuda.h"
+
+#include <ATen/ATen.h>
+
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace svs {
+namespace cuda {
+
+// Raises with the name of the failed call.
+void check(const Status& st, const char* while_doing);
+
+// One weight of the call, as the routes see it.
+struct Mat {
+  int64_t index;    // position in `weights`
+  int64_t m, n;     // flattened shape
+  at::Tensor src;   // (m, n) view of the weight (a copy when reshape has to copy)
+  int32_t src_type; // SourceType
+  bool f64;         // float64 input: reconstruct in float64
+  int64_t k() const { return std::min(m, n); }
+  int64_t rows() const { return std::max(m, n); }
+};
+
+// Host vector -> pinned host tensor -> device, asynchronously on the current stream (the caching
+// host allocator keeps the pinned block until the copy is done).
+template <typename T>
+at::Tensor upload(const std::vector<T>& host, const at::Device& device) {
+  static_assert(std::is_trivially_copyable<T>::value, "descriptors must be trivially copyable");
+  const int64_t bytes = static_cast<int64_t>(host.size() * sizeof(T));
+  at::Tensor pinned = at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(pinned.data_ptr(), host.data(), static_cast<size_t>(bytes));
+  return pinned.to(at::TensorOptions().device(device), /*non_blocking=*/true);
+}
+
+template <typename T>
+const T* device_ptr(const at::Tensor& bytes) {
+  return reinterpret_cast<const T*>(bytes.data_ptr());
+}
+
+// Largest batch (<= want) of a batched Jacobi solver whose int workspace size, lwork_of(batch)
+// doubles, provably fits in an int (svd_routes.cpp).
+int64_t int_workspace_batch(const std::function<int(int)>& lwork_of, int64_t want);
+
+// Estimated device scratch of one matrix on `route` (bytes): float64 buffers plus the float32
+// copies of its factors. Cuts a call into waves.
+int64_t workspace_bytes(const Mat& a, Route route);
+
+class Wave {
+ public:
+  // `slack`: bytes of the wave's budget (kTuning.wave_bytes) left after its estimated scratch;
+  // solver workspaces beyond it shrink their batch.
+  Wave(std::vector<const Mat*> mats, Method method, const at::Device& device, int64_t slack)
+      : mats_(std::move(mats)), method_(method), device_(device), slack_(slack),
+        factors_(mats_.size()) {}
+
+  // Writes outputs[mat.index] for every matrix of the wave.
+  void run(const std::string& map, std::vector<at::Tensor>& outputs);
+
+ private:
+  // A strided view into one of the wave's flat float64 buffers.
+  struct View {
+    int buffer = -1;
+    int64_t offset = 0;
+    std::vector<int64_t> sizes, strides;
+  };
+  struct Factors {
+    View u, s, vh;                 // out = U diag(f(s)) Vh
+    double rel_tol = 0.0;          // rank tolerance relative to s_max (SVD routes)
+    bool needs_threshold = false;  // s is raw (SVD routes); the Gram routes threshold themselves
+  };
+  static View view(int buffer, int64_t offset, std::vector<int64_t> sizes, std::vector<int64_t> strides) {
+    return View{buffer, offset, std::move(sizes), std::move(strides)};
+  }
+  // SVD routes: factors (u, s, vh) of matrix `id`, whose raw s needs the rank threshold.
+  void set_svd_factors(int id, View u, View s, View vh);
+
+  const Mat& mat(int i) const { return *mats_[i]; }
+  cudaStream_t stream() const;
+  int add_buffer(int64_t numel, bool zero = false);
+  double* ptr(int buffer) { return buffers_[buffer].data_ptr<double>(); }
+  at::Tensor device_bytes(size_t bytes) const;
+  // Where pack() writes one matrix: element (r, c) goes to dst[r * stride_r + c * stride_c],
+  // zeros fill the rest of the dst_rows x dst_cols region.
+  struct PackTarget {
+    double* dst;
+    int64_t stride_r, stride_c, dst_rows, dst_cols;
+  };
+  // One launch converts (and zero-pads, transposes) every listed matrix into float64 scratch.
+  void pack(const std::vector<int>& ids, const std::vector<PackTarget>& targets);
+  void threshold(std::vector<SegmentDesc>& segments);
+
+  void run_route(Route route, const std::vector<int>& ids, int* info, int* ill);
+  void run_small(const std::vector<int>& ids, int* info);
+  void run_gram(const std::vector<int>& ids, int* info, int* ill, bool padded);
+  void solve_padded_eigen(int64_t batch, int G, int W, int* info);
+  void solve_gram_eigen(const std::vector<int>& ids, const std::vector<int64_t>& goff,
+                        const std::vector<int64_t>& woff, int G, int W, int* info);
+  void run_per_matrix_svd(const std::vector<int>& ids, int* info, bool exact);
+  void threshold_svd_factors();
+  // Each product P_b = M_b Q_b (rows or columns, whichever is the short side) times its inverse
+  // singular values buffer(inv)[inv_off[b] ...], for all matrices in one launch.
+  void scale_by_inverse_sigma(const std::vector<int>& ids, int products,
+                              const std::vector<int64_t>& moff, int inv,
+                              const std::vector<int64_t>& inv_off);
+  // The factors as tensors for svs::_reconstruct: float64 for float64 inputs, float32 otherwise.
+  // Frees every float64 buffer no factor needs, then converts buffer by buffer.
+  void materialise(std::vector<at::Tensor>& u, std::vector<at::Tensor>& s, std::vector<at::Tensor>& vh);
+
+  std::vector<const Mat*> mats_;
+  Method method_;
+  at::Device device_;
+  int64_t slack_;
+  std::vector<Factors> factors_;
+  std::vector<at::Tensor> buffers_;           // flat float64 device buffers
+  std::vector<std::vector<char>> host_work_;  // cuSOLVER host workspaces, kept for the wave
+  std::vector<at::Tensor> keep_alive_;        // device descriptors and workspaces
+};
+
+}  // namespace cuda
+}  // namespace svs

@@ -121,7 +121,7 @@ void Wave::solve_padded_eigen(int64_t batch, int G, int W, int* info) {
   };
   const int64_t chunk = int_workspace_batch(lwork_of, std::min(batch, kTuning.max_small_batch));
   const int lwork = lwork_of(static_cast<int>(chunk));
-  at::Tensor work = at::empty({lwork}, buffers_[G].options());
+  at::Tensor work = at::empty({std::max(lwork, 1)}, buffers_[G].options());
   keep_alive_.push_back(work);
   for (int64_t b0 = 0; b0 < batch; b0 += chunk) {
     const int count = static_cast<int>(std::min(chunk, batch - b0));

@@ -10,11 +10,10 @@ namespace cuda {
 int64_t int_workspace_batch(const std::function<int(int)>& lwork_of, int64_t want) {
   // The batched Jacobi solvers return their workspace size as an int count of doubles, affine in
   // the batch: lwork(b) = base + b * per. Two queries give the line; the cap keeps it below
-  // INT_MAX, and a query at the cap must land on the line (an overflow would not).
+  // INT_MAX, and a query at the cap must land on the line (an overflowed int would not).
   const int64_t one = lwork_of(1), two = lwork_of(2);
   const int64_t per = two - one, base = one - per;
-  TORCH_CHECK(per > 0 && base >= 0, "svs.refine (CUDA): unexpected batched workspace sizes ", one,
-              " and ", two, " for batches of 1 and 2");
+  if (per <= 0) return want;  // the workspace does not grow with the batch
   int64_t cap = std::max<int64_t>(1, std::min<int64_t>(want, (INT_MAX - base) / per));
   while (cap > 2 && lwork_of(static_cast<int>(cap)) != base + cap * per) cap /= 2;
   return cap;
@@ -38,7 +37,7 @@ void Wave::run_small(const std::vector<int>& ids, int* info) {
   };
   const int64_t chunk = int_workspace_batch(lwork_of, std::min(batch, kTuning.max_small_batch));
   const int lwork = lwork_of(static_cast<int>(chunk));
-  at::Tensor work = at::empty({lwork}, buffers_[A].options());
+  at::Tensor work = at::empty({std::max(lwork, 1)}, buffers_[A].options());
   keep_alive_.push_back(work);
   for (int64_t b0 = 0; b0 < batch; b0 += chunk) {
     const int count = static_cast<int>(std::min(chunk, batch - b0));

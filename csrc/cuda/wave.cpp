@@ -31,9 +31,8 @@ int Wave::add_buffer(int64_t numel, bool zero) {
 }
 
 at::Tensor Wave::device_bytes(size_t bytes) const {
-  at::Tensor t = at::empty({static_cast<int64_t>(std::max<size_t>(bytes, 1))},
-                           at::TensorOptions().dtype(at::kByte).device(device_));
-  return t;
+  return at::empty({static_cast<int64_t>(std::max<size_t>(bytes, 1))},
+                   at::TensorOptions().dtype(at::kByte).device(device_));
 }
 
 void Wave::pack(const std::vector<int>& ids, const std::vector<PackTarget>& targets) {

@@ -113,22 +113,14 @@ void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padde
 // Every padded 32x32 Gram matrix in one syevjBatched (per chunk whose int workspace fits).
 void Wave::solve_padded_eigen(int64_t batch, int G, int W, int* info) {
   constexpr int64_t D = kSmallDim, DD = D * D;
-  SolverHandle handle(device_.index(), stream());
-  auto lwork_of = [&](int count) {
-    int lwork = 0;
-    check(small_eigh_workspace(handle, ptr(G), ptr(W), count, &lwork), "sizing the syevjBatched workspace");
-    return lwork;
-  };
-  const int64_t chunk = int_workspace_batch(lwork_of, std::min(batch, kTuning.max_small_batch));
-  const int lwork = lwork_of(static_cast<int>(chunk));
-  at::Tensor work = at::empty({std::max(lwork, 1)}, buffers_[G].options());
-  keep_alive_.push_back(work);
-  for (int64_t b0 = 0; b0 < batch; b0 += chunk) {
-    const int count = static_cast<int>(std::min(chunk, batch - b0));
-    check(small_eigh(handle, ptr(G) + b0 * DD, ptr(W) + b0 * D, work.data_ptr<double>(), lwork,
-                     info + b0, count),
-          "running syevjBatched");
-  }
+  run_batched_jacobi(
+      batch, "syevjBatched",
+      [&](cusolverDnHandle_t h, int count, int* lwork) {
+        return small_eigh_workspace(h, ptr(G), ptr(W), count, lwork);
+      },
+      [&](cusolverDnHandle_t h, int64_t b0, int count, double* work, int lwork) {
+        return small_eigh(h, ptr(G) + b0 * DD, ptr(W) + b0 * D, work, lwork, info + b0, count);
+      });
 }
 
 // Unpadded Gram matrices: one XsyevBatched per shape group, in chunks of at most

@@ -4,19 +4,45 @@
 #include "wave.h"
 
 #include <climits>
+#include <string>
 
 namespace svs {
 namespace cuda {
+namespace {
+
+// Largest batch (<= want) whose int workspace size provably fits in an int. The batched Jacobi
+// solvers return it as an int count of doubles, affine in the batch: lwork(b) = base + b * per.
+// Two queries give the line; the cap keeps it below INT_MAX, and a query at the cap must land on
+// the line (an overflowed int would not).
 int64_t int_workspace_batch(const std::function<int(int)>& lwork_of, int64_t want) {
-  // The batched Jacobi solvers return their workspace size as an int count of doubles, affine in
-  // the batch: lwork(b) = base + b * per. Two queries give the line; the cap keeps it below
-  // INT_MAX, and a query at the cap must land on the line (an overflowed int would not).
   const int64_t one = lwork_of(1), two = lwork_of(2);
   const int64_t per = two - one, base = one - per;
   if (per <= 0) return want;  // the workspace does not grow with the batch
   int64_t cap = std::max<int64_t>(1, std::min<int64_t>(want, (INT_MAX - base) / per));
   while (cap > 2 && lwork_of(static_cast<int>(cap)) != base + cap * per) cap /= 2;
   return cap;
+}
+
+}  // namespace
+
+void Wave::run_batched_jacobi(int64_t batch, const char* name, const JacobiSize& size,
+                              const JacobiRun& run) {
+  SolverHandle handle(device_.index(), stream());
+  const std::string sizing = std::string("sizing the ") + name + " workspace";
+  const std::string running = std::string("running ") + name;
+  auto lwork_of = [&](int count) {
+    int lwork = 0;
+    check(size(handle, count, &lwork), sizing.c_str());
+    return lwork;
+  };
+  const int64_t chunk = int_workspace_batch(lwork_of, std::min(batch, kTuning.max_small_batch));
+  const int lwork = lwork_of(static_cast<int>(chunk));
+  at::Tensor work = at::empty({std::max(lwork, 1)}, at::TensorOptions().dtype(at::kDouble).device(device_));
+  keep_alive_.push_back(work);
+  for (int64_t b0 = 0; b0 < batch; b0 += chunk) {
+    const int count = static_cast<int>(std::min(chunk, batch - b0));
+    check(run(handle, b0, count, work.data_ptr<double>(), lwork), running.c_str());
+  }
 }
 
 void Wave::run_small(const std::vector<int>& ids, int* info) {
@@ -28,23 +54,15 @@ void Wave::run_small(const std::vector<int>& ids, int* info) {
   for (int64_t b = 0; b < batch; ++b) targets.push_back({ptr(A) + b * DD, 1, D, D, D});  // column-major
   pack(ids, targets);
 
-  SolverHandle handle(device_.index(), stream());
-  auto lwork_of = [&](int count) {
-    int lwork = 0;
-    check(small_svd_workspace(handle, ptr(A), ptr(S), ptr(U), ptr(V), count, &lwork),
-          "sizing the gesvdjBatched workspace");
-    return lwork;
-  };
-  const int64_t chunk = int_workspace_batch(lwork_of, std::min(batch, kTuning.max_small_batch));
-  const int lwork = lwork_of(static_cast<int>(chunk));
-  at::Tensor work = at::empty({std::max(lwork, 1)}, buffers_[A].options());
-  keep_alive_.push_back(work);
-  for (int64_t b0 = 0; b0 < batch; b0 += chunk) {
-    const int count = static_cast<int>(std::min(chunk, batch - b0));
-    check(small_svd(handle, ptr(A) + b0 * DD, ptr(S) + b0 * D, ptr(U) + b0 * DD, ptr(V) + b0 * DD,
-                    work.data_ptr<double>(), lwork, info + b0, count),
-          "running gesvdjBatched");
-  }
+  run_batched_jacobi(
+      batch, "gesvdjBatched",
+      [&](cusolverDnHandle_t h, int count, int* lwork) {
+        return small_svd_workspace(h, ptr(A), ptr(S), ptr(U), ptr(V), count, lwork);
+      },
+      [&](cusolverDnHandle_t h, int64_t b0, int count, double* work, int lwork) {
+        return small_svd(h, ptr(A) + b0 * DD, ptr(S) + b0 * D, ptr(U) + b0 * DD, ptr(V) + b0 * DD, work,
+                         lwork, info + b0, count);
+      });
 
   // Column-major U (32x32): U[:m, :k] has strides (1, 32). Column-major V: Vh = V^T [:k, :n] has
   // strides (32, 1). S is sorted descending, so its first k entries are the spectrum of M (the

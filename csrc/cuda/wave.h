@@ -57,10 +57,6 @@ const T* device_ptr(const at::Tensor& bytes) {
   return reinterpret_cast<const T*>(bytes.data_ptr());
 }
 
-// Largest batch (<= want) of a batched Jacobi solver whose int workspace size, lwork_of(batch)
-// doubles, provably fits in an int (svd_routes.cpp).
-int64_t int_workspace_batch(const std::function<int(int)>& lwork_of, int64_t want);
-
 // Estimated device scratch of one matrix on `route` (bytes): float64 buffers plus the float32
 // copies of its factors. Cuts a call into waves.
 int64_t workspace_bytes(const Mat& a, Route route);
@@ -111,6 +107,12 @@ class Wave {
 
   void run_route(Route route, const std::vector<int>& ids, int* info, int* ill);
   void run_small(const std::vector<int>& ids, int* info);
+  // A batched Jacobi solver (gesvdjBatched, syevjBatched) over `batch` 32x32 matrices, in chunks
+  // whose int workspace size provably fits: size(handle, count, &lwork) queries,
+  // run(handle, first, count, work, lwork) solves matrices [first, first + count).
+  using JacobiSize = std::function<Status(cusolverDnHandle_t, int, int*)>;
+  using JacobiRun = std::function<Status(cusolverDnHandle_t, int64_t, int, double*, int)>;
+  void run_batched_jacobi(int64_t batch, const char* name, const JacobiSize& size, const JacobiRun& run);
   void run_gram(const std::vector<int>& ids, int* info, int* ill, bool padded);
   void solve_padded_eigen(int64_t batch, int G, int W, int* info);
   void solve_gram_eigen(const std::vector<int>& ids, const std::vector<int64_t>& goff,

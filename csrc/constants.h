@@ -26,4 +26,18 @@ inline double gram_rank_tolerance(int64_t rows, int64_t cols) {
   return std::sqrt(rank_tolerance(rows, cols, std::numeric_limits<double>::epsilon()));
 }
 
+// The route that decomposed a matrix, as svs::refine_with_spectra reports it per weight; the
+// operator svs::_route_names lists the names by code.
+enum RouteCode : int8_t {
+  kRouteAtenSvd = 0,     // ATen route (CPU kernel, or method="aten"): float64 SVD
+  kRouteAtenGram,        // ATen route: float64 Gram + eigh
+  kRouteCudaSmall,       // CUDA: gesvdjBatched on 32x32 padding
+  kRouteCudaGramPadded,  // CUDA: Gram padded to 32x32, syevjBatched
+  kRouteCudaGram,        // CUDA: Gram, XsyevBatched / Xsyevd
+  kRouteCudaJacobi,      // CUDA: gesvdj
+  kRouteCudaExact,       // CUDA: gesvd
+};
+constexpr const char* kRouteNames[] = {"aten:svd",  "aten:gram",   "cuda:small", "cuda:gram-padded",
+                                       "cuda:gram", "cuda:jacobi", "cuda:svd"};
+
 }  // namespace svs

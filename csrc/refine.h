@@ -44,9 +44,23 @@ at::Tensor apply_map(const at::Tensor& s, const at::Tensor& s_max, const at::Ten
 // b / sqrt(||b||_2 + eps), computed in float64, returned in b's dtype.
 at::Tensor scale_bias(const at::Tensor& bias, double eps);
 
+// What a call learned per weight (svs::refine_with_spectra): the singular values of the flattened
+// weight (float64, descending, zero below the rank tolerance, on the weight's device) and the
+// RouteCode that computed them.
+struct Spectra {
+  std::vector<at::Tensor> values;
+  std::vector<int8_t> routes;
+  explicit Spectra(size_t count) : values(count), routes(count, 0) {}
+};
+using RefineSpectraResult =
+    std::tuple<std::vector<at::Tensor>, OptionalTensorList, std::vector<at::Tensor>, at::Tensor>;
+RefineSpectraResult with_spectra(RefineResult result, Spectra spectra);
+
 // The ATen route (csrc/refine_aten.cpp): device-generic float64 ATen calls, so the same code is
-// the CPU kernel and method="aten" of the CUDA kernel. method: "auto", "gram" or "svd".
+// the CPU kernel and method="aten" of the CUDA kernel. method: "auto", "gram" or "svd". Fills
+// `spectra` when it is not null.
 RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biases,
-                         const SigmaMap& map, double eps, const std::string& method);
+                         const SigmaMap& map, double eps, const std::string& method,
+                         Spectra* spectra = nullptr);
 
 }  // namespace svs

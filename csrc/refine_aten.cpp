@@ -23,16 +23,22 @@ namespace {
 constexpr int64_t kChunkElements = int64_t{1} << 26;  // 512 MiB of float64 per batched call
 constexpr double kEps64 = std::numeric_limits<double>::epsilon();
 
-at::Tensor refine_svd(const at::Tensor& a, const SigmaMap& map) {
+// A refined batch, the singular values of each matrix (descending, zero below the rank
+// tolerance) and the RouteCode of each.
+struct Refined {
+  at::Tensor out, spectra, routes;
+};
+
+Refined refine_svd(const at::Tensor& a, const SigmaMap& map) {
   auto [u, s, vh] = at::linalg_svd(a, /*full_matrices=*/false);
   const at::Tensor s_max = s.narrow(-1, 0, 1);
   const at::Tensor keep = s > s_max * rank_tolerance(a.size(-2), a.size(-1), kEps64);
-  return at::matmul(u * apply_map(s, s_max, keep, map).unsqueeze(-2), vh);
+  return {at::matmul(u * apply_map(s, s_max, keep, map).unsqueeze(-2), vh),
+          at::where(keep, s, at::zeros_like(s)), at::full({a.size(0)}, kRouteAtenSvd, at::kChar)};
 }
 
-// Returns the refined batch and, per matrix, whether its conditioning is within the Gram route's
-// accuracy range.
-std::pair<at::Tensor, at::Tensor> refine_gram(const at::Tensor& a, const SigmaMap& map) {
+// Also returns, per matrix, whether its conditioning is within the Gram route's accuracy range.
+std::pair<Refined, at::Tensor> refine_gram(const at::Tensor& a, const SigmaMap& map) {
   const bool wide = a.size(-2) <= a.size(-1);
   const at::Tensor at_ = a.mT();
   auto [l, q] = at::linalg_eigh(wide ? at::matmul(a, at_) : at::matmul(at_, a));
@@ -46,33 +52,53 @@ std::pair<at::Tensor, at::Tensor> refine_gram(const at::Tensor& a, const SigmaMa
                            .unsqueeze(-2);
   const at::Tensor qt = q.mT();
   at::Tensor out = wide ? at::matmul(q * g, at::matmul(qt, a)) : at::matmul(at::matmul(a, q) * g, qt);
-  return {out, well_conditioned};
+  return {{out, at::where(keep, s, at::zeros_like(s)).flip(-1), at::full({a.size(0)}, kRouteAtenGram, at::kChar)},
+          well_conditioned};
 }
 
-at::Tensor refine_batch(const at::Tensor& a, const SigmaMap& map, const std::string& method) {
+Refined refine_batch(const at::Tensor& a, const SigmaMap& map, const std::string& method) {
   if (method == "svd") return refine_svd(a, map);
-  auto [out, well_conditioned] = refine_gram(a, map);
-  if (method == "gram") return out;
+  auto [refined, well_conditioned] = refine_gram(a, map);
+  if (method == "gram") return refined;
   const at::Tensor redo = (~well_conditioned).nonzero().squeeze(-1);
-  if (redo.numel() > 0) out.index_copy_(0, redo, refine_svd(a.index_select(0, redo), map));
-  return out;
+  if (redo.numel() > 0) {
+    const Refined exact = refine_svd(a.index_select(0, redo), map);
+    refined.out.index_copy_(0, redo, exact.out);
+    refined.spectra.index_copy_(0, redo, exact.spectra);
+    refined.routes.index_copy_(0, redo.cpu(), exact.routes);
+  }
+  return refined;
 }
 
-// The CPU kernel: "aten" names this same route on every device, so it is accepted as "auto".
-RefineResult refine_cpu(at::TensorList weights, const OptionalTensorList& biases,
-                        c10::string_view map_name, double eps, c10::string_view method_view) {
+// The CPU kernels: "aten" names this same route on every device, so it is accepted as "auto".
+RefineResult refine_cpu_impl(at::TensorList weights, const OptionalTensorList& biases,
+                             c10::string_view map_name, double eps, c10::string_view method_view,
+                             Spectra* spectra) {
   const std::string method(method_view);
   TORCH_CHECK(method == "auto" || method == "svd" || method == "gram" || method == "aten",
               "svs.refine: method '", method, "' is not available on CPU; expected auto, aten, svd or gram");
   const SigmaMap map = parse_map(std::string(map_name));
   check_inputs(weights, biases, eps);
-  return refine_aten(weights, biases, map, eps, method == "aten" ? "auto" : method);
+  return refine_aten(weights, biases, map, eps, method == "aten" ? "auto" : method, spectra);
+}
+
+RefineResult refine_cpu(at::TensorList weights, const OptionalTensorList& biases,
+                        c10::string_view map, double eps, c10::string_view method) {
+  return refine_cpu_impl(weights, biases, map, eps, method, nullptr);
+}
+
+RefineSpectraResult refine_with_spectra_cpu(at::TensorList weights, const OptionalTensorList& biases,
+                                            c10::string_view map, double eps, c10::string_view method) {
+  Spectra spectra(weights.size());
+  RefineResult result = refine_cpu_impl(weights, biases, map, eps, method, &spectra);
+  return with_spectra(std::move(result), std::move(spectra));
 }
 
 }  // namespace
 
 RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biases,
-                         const SigmaMap& map, double eps, const std::string& method) {
+                         const SigmaMap& map, double eps, const std::string& method,
+                         Spectra* spectra) {
   std::vector<at::Tensor> out_weights(weights.size());
   for (const auto& [shape, indices] : group_by_shape(weights)) {
     const auto [rows, cols] = shape;
@@ -82,7 +108,7 @@ RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biase
       std::vector<at::Tensor> mats;
       for (size_t j = start; j < stop; ++j)
         mats.push_back(weights[indices[j]].reshape({rows, cols}).to(at::kDouble));
-      at::Tensor refined;
+      Refined refined;
       try {
         refined = refine_batch(at::stack(mats), map, method);
       } catch (const c10::Error& e) {
@@ -93,7 +119,14 @@ RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biase
       }
       for (size_t j = start; j < stop; ++j) {
         const at::Tensor& w = weights[indices[j]];
-        out_weights[indices[j]] = refined[j - start].to(w.scalar_type()).reshape(w.sizes());
+        out_weights[indices[j]] = refined.out[j - start].to(w.scalar_type()).reshape(w.sizes());
+      }
+      if (spectra != nullptr) {
+        const int8_t* routes = refined.routes.data_ptr<int8_t>();  // on the CPU, contiguous
+        for (size_t j = start; j < stop; ++j) {
+          spectra->values[indices[j]] = refined.spectra[j - start];
+          spectra->routes[indices[j]] = routes[j - start];
+        }
       }
     }
   }
@@ -106,6 +139,9 @@ RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biase
   return {out_weights, out_biases};
 }
 
-TORCH_LIBRARY_IMPL(svs, CPU, m) { m.impl("refine", &refine_cpu); }
+TORCH_LIBRARY_IMPL(svs, CPU, m) {
+  m.impl("refine", &refine_cpu);
+  m.impl("refine_with_spectra", &refine_with_spectra_cpu);
+}
 
 }  // namespace svs

@@ -184,6 +184,27 @@ def test_cusolver_routes_match_aten_route_on_the_same_gpu(method, dtype):
 
 
 @requires_cuda
+@pytest.mark.parametrize("method", CUSOLVER_METHODS)
+def test_spectra_match_aten_route_on_the_same_gpu(method):
+    """refine_with_spectra on CUDA: the same outputs as refine (to 1e-12: the same algorithm, at
+    most a different reduction order in a library GEMM), singular values (descending, on the
+    weight's device) as the ATen route's within 1e-10 * s_max (float64 inputs, kappa 1e2: the
+    Gram routes' error n * eps64 * kappa * s_max <= 7e-12 for n <= 300), and a CUDA route code."""
+    ws = [torch.from_numpy(with_spectrum(*s, 1e2, 2.0, 40 + i)) for i, s in enumerate(SHAPES)]
+    new_w, _, spectra, routes = torch.ops.svs.refine_with_spectra(on_device(ws), [None] * len(ws), "sqrt", 1e-8, method)
+    plain_w, _ = svs.refine(on_device(ws), method=method)
+    _, _, aten_spectra, aten_routes = torch.ops.svs.refine_with_spectra(on_device(ws), [None] * len(ws), "sqrt", 1e-8, "aten")
+    names = list(torch.ops.svs._route_names())
+    for nw, pw, s, a in zip(new_w, plain_w, spectra, aten_spectra):
+        assert_matches(nw.cpu(), pw.cpu().numpy(), 1e-12)
+        assert s.device == nw.device and s.dtype == torch.float64 and s.shape == a.shape
+        assert (s[:-1] >= s[1:]).all()
+        assert (s - a).abs().max().item() <= 1e-10 * a[0].item()
+    assert all(names[r].startswith("cuda:") for r in routes.tolist())
+    assert all(names[r].startswith("aten:") for r in aten_routes.tolist())
+
+
+@requires_cuda
 def test_small_route_beyond_one_batch():
     """More 32x32-padded matrices than one gesvdjBatched call takes (kTuning.max_small_batch =
     2^17, lower where the int workspace would overflow): the chunks must join seamlessly."""

@@ -137,6 +137,71 @@ def test_opcheck_functional():
     torch.library.opcheck(torch.ops.svs.refine.default, (ws, bs), {"map": "sqrt", "eps": 1e-8, "method": "auto"})
 
 
+# ---- refine_with_spectra: what the operator learned per weight ---------------------------------------
+def route_names():
+    return list(torch.ops.svs._route_names())
+
+
+@pytest.mark.parametrize("method", ["auto", "gram", "svd"])
+def test_spectra_are_the_singular_values(method):
+    """spectra[i] against the singular values the weight was built with (float64 inputs, so the
+    construction is exact to ~eps64 * s_max). The SVD route is accurate to ~n * eps64 * s_max; the
+    Gram route's s_i = sqrt(l_i) to ~n * eps64 * s_max^2 / s_i <= n * eps64 * kappa * s_max.
+    With n <= 300 and kappa = 1e2: 300 * 2.2e-16 * 1e2 = 6.7e-12; asserted <= 1e-10 * s_max."""
+    shapes = [(1, 1), (1, 17), (17, 1), (40, 7), (7, 40), (33, 33), (64, 288), (96, 16), (5, 3, 3, 3)]
+    seed = 11
+    ws, expected = [], []
+    for i, shape in enumerate(shapes):
+        m, n = shape[0], int(np.prod(shape[1:]))
+        w = with_spectrum(m, n, 1e2, 3.0, seed + i)
+        ws.append(torch.from_numpy(w).reshape(shape))
+        expected.append(3.0 * np.logspace(0, -2, min(m, n)))
+    new_w, _, spectra, routes = torch.ops.svs.refine_with_spectra(ws, [None] * len(ws), "sqrt", 1e-8, method)
+    plain_w, _ = svs.refine(ws, method=method)
+    assert routes.dtype == torch.int8 and routes.shape == (len(ws),)
+    names = route_names()
+    for w, nw, pw, s, e, r in zip(ws, new_w, plain_w, spectra, expected, routes.tolist()):
+        assert torch.equal(nw, pw)  # the same computation as svs.refine
+        assert s.dtype == torch.float64 and s.shape == (len(e),)
+        assert np.max(np.abs(s.numpy() - e)) <= 1e-10 * e[0]
+        assert names[r] == ("aten:svd" if method == "svd" else "aten:gram")
+
+
+def test_spectra_routes_and_rank_under_auto(rng):
+    """auto takes the Gram route, and the SVD for kappa > 1e4; singular values below the rank
+    tolerance are reported as exact zeros (rank r = 3 here, float64 input)."""
+    well = torch.from_numpy(with_spectrum(30, 20, 1e2, 1.0, 1))
+    ill = torch.from_numpy(with_spectrum(30, 20, 1e6, 1.0, 2))
+    base = rng.standard_normal((3, 20))
+    low = torch.from_numpy(np.stack([base[i % 3] * (-2.0) ** (i % 4) for i in range(30)]))  # exactly rank 3
+    _, _, spectra, routes = torch.ops.svs.refine_with_spectra([well, ill, low], [None] * 3, "sqrt", 1e-8, "auto")
+    names = route_names()
+    assert [names[r] for r in routes.tolist()] == ["aten:gram", "aten:svd", "aten:svd"]
+    assert torch.count_nonzero(spectra[2]) == 3
+    np.testing.assert_allclose(spectra[2][:3].numpy(), np.linalg.svd(low.numpy(), compute_uv=False)[:3], rtol=1e-12)
+
+
+@pytest.mark.parametrize("map", MAPS)
+def test_map_spectrum_is_the_spectrum_of_the_refined_weight(map):
+    """_map_spectrum(spectra[i]) is the spectrum of the refined weight without a new decomposition:
+    compared with svdvals of the float64 output, to 1e-9 of its largest value (the output's own
+    error bound 1e-8 relative in Frobenius norm, for kappa 1e2 on the Gram route far smaller)."""
+    ws = [torch.from_numpy(with_spectrum(*s, 1e2, 3.0, 60 + i)) for i, s in enumerate([(20, 30), (45, 12), (8, 8)])]
+    new_w, _, spectra, _ = torch.ops.svs.refine_with_spectra(ws, [None] * len(ws), map, 1e-8, "auto")
+    for nw, s in zip(new_w, spectra):
+        after = torch.ops.svs._map_spectrum(s, map)
+        expected = torch.linalg.svdvals(nw)
+        assert after.dtype == torch.float64 and after.shape == expected.shape
+        assert (after - expected).abs().max().item() <= 1e-9 * max(expected[0].item(), 1e-300)
+
+
+def test_opcheck_with_spectra():
+    ws = [torch.randn(6, 3, 3, 3), torch.randn(10, 20, dtype=torch.float64), torch.randn(1, 5)]
+    bs = [torch.randn(6), None, torch.randn(1)]
+    torch.library.opcheck(torch.ops.svs.refine_with_spectra.default, (ws, bs), {"map": "sqrt", "eps": 1e-8, "method": "auto"})
+    torch.library.opcheck(torch.ops.svs._map_spectrum.default, (torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64), "log1p"))
+
+
 def test_opcheck_inplace():
     ws = [torch.randn(6, 3, 3, 3), torch.randn(10, 20)]
     torch.library.opcheck(torch.ops.svs.refine_.default, (ws, [torch.randn(6), torch.randn(10)]), {})
@@ -204,4 +269,4 @@ def test_bad_method_and_eps():
     with pytest.raises(RuntimeError, match="method 'jacobi' is not available on CPU"):
         svs.refine([torch.randn(4, 4)], method="jacobi")
     with pytest.raises(RuntimeError, match="eps must be finite and > 0"):
-        svs.refine([torch.randn(4, 4)], eps=0.0)
+        torch.ops.svs.refine([torch.randn(4, 4)], [None], "sqrt", 0.0, "auto")

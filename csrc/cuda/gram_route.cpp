@@ -98,6 +98,8 @@ void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padde
     const Mat& a = mat(ids[b]);
     const int64_t k = a.k(), q = goff[b] + top[b] * ld[b];
     Factors& f = factors_[ids[b]];
+    f.route = padded ? Route::GramPadded : Route::Gram;
+    f.ascending = true;
     f.s = view(W, inv_off[b], {k}, {1});
     if (a.m <= a.n) {
       f.u = view(G, q, {a.m, k}, {1, ld[b]});       // Q (column-major)

@@ -71,8 +71,9 @@ OptionalTensorList scale_biases(const OptionalTensorList& biases, double eps,
   return result;
 }
 
-RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biases,
-                         c10::string_view map_view, double eps, c10::string_view method_view) {
+RefineResult refine_cuda_impl(at::TensorList weights, const OptionalTensorList& biases,
+                              c10::string_view map_view, double eps, c10::string_view method_view,
+                              Spectra* spectra) {
   const std::string map_name(map_view);
   const SigmaMap map = parse_map(map_name);  // validates; _reconstruct applies the map
   const std::string method_name(method_view);
@@ -83,7 +84,7 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
 
   const at::Device device = weights[0].device();
   c10::cuda::CUDAGuard guard(device);
-  if (method_name == "aten") return refine_aten(weights, biases, map, eps, "auto");
+  if (method_name == "aten") return refine_aten(weights, biases, map, eps, "auto", spectra);
 
   std::vector<Mat> mats;
   std::vector<at::Tensor> outputs;
@@ -117,7 +118,7 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
   int64_t wave_bytes = 0;
   auto flush = [&]() {
     if (wave.empty()) return;
-    sc::Wave(std::move(wave), method, device, sc::kTuning.wave_bytes - wave_bytes).run(map_name, outputs);
+    sc::Wave(std::move(wave), method, device, sc::kTuning.wave_bytes - wave_bytes).run(map_name, outputs, spectra);
     wave.clear();
     wave_bytes = 0;
   };
@@ -132,8 +133,23 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
   return {outputs, scale_biases(biases, eps, device)};
 }
 
+RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biases,
+                         c10::string_view map, double eps, c10::string_view method) {
+  return refine_cuda_impl(weights, biases, map, eps, method, nullptr);
+}
+
+RefineSpectraResult refine_with_spectra_cuda(at::TensorList weights, const OptionalTensorList& biases,
+                                             c10::string_view map, double eps, c10::string_view method) {
+  Spectra spectra(weights.size());
+  RefineResult result = refine_cuda_impl(weights, biases, map, eps, method, &spectra);
+  return with_spectra(std::move(result), std::move(spectra));
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(svs, CUDA, m) { m.impl("refine", &refine_cuda); }
+TORCH_LIBRARY_IMPL(svs, CUDA, m) {
+  m.impl("refine", &refine_cuda);
+  m.impl("refine_with_spectra", &refine_with_spectra_cuda);
+}
 
 }  // namespace svs

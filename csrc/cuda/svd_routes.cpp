@@ -69,7 +69,7 @@ void Wave::run_small(const std::vector<int>& ids, int* info) {
   // padding only adds zero singular values).
   for (int64_t b = 0; b < batch; ++b) {
     const Mat& a = mat(ids[b]);
-    set_svd_factors(ids[b], view(U, b * DD, {a.m, a.k()}, {1, D}), view(S, b * D, {a.k()}, {1}),
+    set_svd_factors(ids[b], Route::Small, view(U, b * DD, {a.m, a.k()}, {1, D}), view(S, b * D, {a.k()}, {1}),
                     view(V, b * DD, {a.k(), a.n}, {D, 1}));
   }
 }
@@ -142,15 +142,16 @@ void Wave::run_per_matrix_svd(const std::vector<int>& ids, int* info, bool exact
             "running gesvdj");
   }
 
+  const Route route = exact ? Route::Exact : Route::Jacobi;
   for (int64_t b = 0; b < batch; ++b) {
     const Mat& a = mat(ids[b]);
     const int64_t k = a.k();
     const View s = view(S, soff[b], {k}, {1});
     if (a.m > a.n)  // X = M: U = Ux; Vh = Vx^T (Jacobi) or VTx (exact)
-      set_svd_factors(ids[b], view(U, xoff[b], {a.m, k}, {1, a.m}), s,
+      set_svd_factors(ids[b], route, view(U, xoff[b], {a.m, k}, {1, a.m}), s,
                       exact ? view(V, voff[b], {k, a.n}, {1, k}) : view(V, voff[b], {k, a.n}, {k, 1}));
     else  // X = M^T: U = Vx (Jacobi) or VTx^T (exact); Vh = Ux^T
-      set_svd_factors(ids[b], exact ? view(V, voff[b], {a.m, k}, {k, 1}) : view(V, voff[b], {a.m, k}, {1, k}),
+      set_svd_factors(ids[b], route, exact ? view(V, voff[b], {a.m, k}, {k, 1}) : view(V, voff[b], {a.m, k}, {1, k}),
                       s, view(U, xoff[b], {k, a.n}, {a.n, 1}));
   }
 }

@@ -13,6 +13,7 @@
 #pragma once
 
 #include "planner.h"
+#include "refine.h"
 #include "svs_cuda.h"
 
 #include <ATen/ATen.h>
@@ -69,8 +70,9 @@ class Wave {
       : mats_(std::move(mats)), method_(method), device_(device), slack_(slack),
         factors_(mats_.size()) {}
 
-  // Writes outputs[mat.index] for every matrix of the wave.
-  void run(const std::string& map, std::vector<at::Tensor>& outputs);
+  // Writes outputs[mat.index] for every matrix of the wave, and, if `spectra` is not null, its
+  // singular values and route (refine.h).
+  void run(const std::string& map, std::vector<at::Tensor>& outputs, Spectra* spectra);
 
  private:
   // A strided view into one of the wave's flat float64 buffers.
@@ -83,12 +85,16 @@ class Wave {
     View u, s, vh;                 // out = U diag(f(s)) Vh
     double rel_tol = 0.0;          // rank tolerance relative to s_max (SVD routes)
     bool needs_threshold = false;  // s is raw (SVD routes); the Gram routes threshold themselves
+    bool ascending = false;        // s in ascending order (Gram routes: eigenvalue order)
+    Route route = Route::Small;    // the route that computed them
   };
   static View view(int buffer, int64_t offset, std::vector<int64_t> sizes, std::vector<int64_t> strides) {
     return View{buffer, offset, std::move(sizes), std::move(strides)};
   }
   // SVD routes: factors (u, s, vh) of matrix `id`, whose raw s needs the rank threshold.
-  void set_svd_factors(int id, View u, View s, View vh);
+  void set_svd_factors(int id, Route route, View u, View s, View vh);
+  // Copies each matrix's thresholded singular values (descending) and route into `spectra`.
+  void export_spectra(Spectra& spectra);
 
   const Mat& mat(int i) const { return *mats_[i]; }
   cudaStream_t stream() const;

@@ -1,22 +1,26 @@
 #!/usr/bin/env python
 """Grouped Triton reconstruction W'_i = U_i diag(f(s_i)) Vh_i vs a per-matrix torch composition (GPU only).
 
-For each workload (DESIGN.md section 5) it builds random U, s, Vh of every matrix's thin-SVD shape
-(m, n) -> U (m, k), s (k,), Vh (k, n), k = min(m, n), and measures in the same run:
-  triton-<precision>   svs_kernels.triton.kernels.reconstruct: one grouped launch for all matrices
-                       (plus a map launch for maps other than sqrt/ones/square/identity)
-  torch-fp32           per matrix torch.matmul(U * f(s), Vh, out=W) with full-float32 matmul
-  torch-tf32           the same with TF32 matmul allowed (fast, ~1e-3 accurate: context only)
+For each workload (DESIGN.md section 5) and output dtype it builds random U, s, Vh of every matrix's
+thin-SVD shape (m, n) -> U (m, k), s (k,), Vh (k, n), k = min(m, n), float32 as the C++ kernel
+hands them over, and measures in the same run:
+  triton          svs_kernels.triton_ops.reconstruct: sigma-map, staging and grouped GEMM launches,
+                  precision by output dtype (3xTF32 for float32, TF32 for bfloat16/float16); the
+                  config from the shape rule (no autotuning: the first call only compiles)
+  torch-fp32      per matrix torch.matmul(U * f(s), Vh) with full-float32 matmul
+  torch-tf32      the same with TF32 matmul allowed (fast, ~1e-3 accurate: context only)
 times are triton.testing.do_bench medians (L2 flushed between runs). Each row also has the
 max relative Frobenius error against a float64 reference (first matrix of every distinct shape),
 the number of GPU kernels one call launches (torch.profiler), and the floor:
   bytes floor  = (U, s, Vh read + W written) / copy bandwidth measured here (large device copy)
   flops floor  = sum 2 m n k / matmul rate measured here (torch.matmul of an 8192 square: float32
-                 for "ieee" and torch-fp32, TF32 x 3 for "tf32x3", TF32 for torch-tf32)
+                 for torch-fp32, TF32 x 3 for triton into float32, TF32 for triton into 16-bit
+                 outputs and torch-tf32)
 Results: benchmarks/results/reconstruct-<device>-<date>.{json,md}, with device, versions, command.
 
 Needs a CUDA GPU, triton, and the svs_kernels package importable (its compiled extension built).
-Example: python benchmarks/bench_reconstruct.py --workloads llm-8b-p,sd15-unet,ddpm-cifar10-p50
+One call reports the fraction of the floor per workload and output dtype:
+  python benchmarks/bench_reconstruct.py --workloads llm-8b-p,sd15-unet,ddpm-cifar10-p50
 """
 import argparse
 import datetime
@@ -203,9 +207,9 @@ def max_rel_error(u, s, vh, out, name, shapes) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
-def run_workload(name: str, args, K, rates) -> Dict:
+def run_workload(name: str, out_dtype_name: str, args, R, rates) -> Dict:
     shapes, source = workload_shapes(name, args)
-    out_dtype = getattr(torch, args.out_dtype)
+    out_dtype = getattr(torch, out_dtype_name)
     gen = torch.Generator(device="cuda").manual_seed(0)
     u, s, vh, out = [], [], [], []
     for m, n in shapes:
@@ -219,13 +223,13 @@ def run_workload(name: str, args, K, rates) -> Dict:
     bytes_floor_ms = nbytes / rates["bandwidth_Bps"] * 1e3
     row = {
         "workload": name, "source": source, "matrices": len(shapes), "distinct_shapes": len(Counter(shapes)),
-        "max_shape": list(max(shapes, key=lambda x: x[0] * x[1])), "map": args.map, "out_dtype": args.out_dtype,
+        "max_shape": list(max(shapes, key=lambda x: x[0] * x[1])), "map": args.map, "out_dtype": out_dtype_name,
         "gflop": flops / 1e9, "gbytes": nbytes / 1e9, "bytes_floor_ms": bytes_floor_ms, "methods": {},
     }
-    print(f"== {name}: {len(shapes)} matrices, {flops / 1e12:.3f} TFLOP, {nbytes / 1e9:.2f} GB ({source})", flush=True)
+    print(f"== {name} -> {out_dtype_name}: {len(shapes)} matrices, {flops / 1e12:.3f} TFLOP, {nbytes / 1e9:.2f} GB ({source})", flush=True)
 
     def record(method, fn, flops_rate_key, flop_factor=1.0):
-        first_ms = time_once(fn)  # the Triton path compiles and autotunes here
+        first_ms = time_once(fn)  # the Triton path compiles here (no autotuning)
         est = time_once(fn)
         med = bench(fn, est)
         err = max_rel_error(u, s, vh, out, args.map, shapes)
@@ -239,14 +243,16 @@ def run_workload(name: str, args, K, rates) -> Dict:
         print(f"  {method:14s} median {med:9.3f} ms  first {first_ms:9.1f} ms  floor {floor:8.3f} ms "
               f"({100 * floor / med:5.1f} %)  err {err:.2e}  kernels {r['kernels_per_call']}", flush=True)
 
-    for prec in args.precisions:
-        record(f"triton-{prec}", lambda: K.reconstruct(u, s, vh, out, args.map, input_precision=prec),
-               "fp32_flops" if prec == "ieee" else "tf32_flops", 1.0 if prec == "ieee" else 3.0)
+    split = out_dtype in (torch.float32, torch.float64)  # 3xTF32; 16-bit outputs: TF32
+    record("triton", lambda: R.reconstruct(u, s, vh, out, args.map), "tf32_flops", 3.0 if split else 1.0)
+    m_, n_ = (torch.tensor([x[i] for x in shapes]).numpy() for i in (0, 1))
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    row["triton_config"] = R.gemm.choose_config("float32", m_, n_, sms)._asdict()  # the shape rule's pick
 
     def torch_loop():
         for ui, si, vi, oi in zip(u, s, vh, out):
             prod = ui * torch_map(si, args.map)
-            if oi.dtype == torch.float32:
+            if oi.dtype == torch.float32 and oi.is_contiguous():
                 torch.matmul(prod, vi, out=oi)
             else:
                 oi.copy_(prod @ vi)
@@ -293,20 +299,20 @@ def write_markdown(path: str, res: Dict) -> None:
              f"- measured: copy bandwidth {res['rates']['bandwidth_Bps'] / 1e12:.2f} TB/s, "
              f"float32 matmul {res['rates']['fp32_flops'] / 1e12:.1f} TFLOP/s, "
              f"TF32 matmul {res['rates']['tf32_flops'] / 1e12:.1f} TFLOP/s",
-             "- floor = max(bytes / bandwidth, flops / matmul rate); tf32x3 counts 3 TF32 products per flop", "",
-             "| workload | matrices | GFLOP | GB | method | median ms | first call ms | floor ms | % of floor "
+             "- floor = max(bytes / bandwidth, flops / matmul rate); triton into float32 (3xTF32) counts 3 TF32 "
+             "products per flop", "",
+             "| workload | out | matrices | GFLOP | GB | method | median ms | first call ms | floor ms | % of floor "
              "| TFLOP/s | speedup vs torch-fp32 | max rel err | kernels/call |",
-             "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for w in res["workloads"]:
         for mname, r in w["methods"].items():
-            lines.append(f"| {w['workload']} | {w['matrices']} | {w['gflop']:.1f} | {w['gbytes']:.2f} | {mname} | "
+            lines.append(f"| {w['workload']} | {w['out_dtype']} | {w['matrices']} | {w['gflop']:.1f} | {w['gbytes']:.2f} | {mname} | "
                          f"{r['median_ms']:.3f} | {r['first_call_ms']:.1f} | {r['floor_ms']:.3f} | "
                          f"{100 * r['fraction_of_floor']:.1f} | {r['tflops']:.1f} | {r['speedup_vs_torch_fp32']:.2f} | "
                          f"{r['max_rel_err_fp64']:.2e} | {r['kernels_per_call']} |")
-    lines += ["", "Autotuner choices (key -> config):", ""]
-    for kernel, entries in res["autotune"].items():
-        for e in entries:
-            lines.append(f"- `{kernel}` {json.dumps(e['key'])} -> {json.dumps(e['config'])}")
+    lines += ["", "GEMM config of the shape rule (svs_kernels/triton_ops/gemm.py choose_config):", ""]
+    for w in res["workloads"]:
+        lines.append(f"- {w['workload']} -> {w['out_dtype']}: {json.dumps(w['triton_config'])}")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -315,13 +321,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workloads", default=",".join(WORKLOADS))
     p.add_argument("--map", default="sqrt")
-    p.add_argument("--out-dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--precisions", default="tf32x3,ieee", help="Triton input precisions to measure")
+    p.add_argument("--out-dtypes", default="float32,bfloat16,float16",
+                   help="output dtypes (the precision follows: float32 3xTF32, 16-bit TF32)")
     p.add_argument("--llm-blocks", type=int, default=32, help="blocks of llm-8b-p (32: ~35 GB of fp32 operands)")
     p.add_argument("--no-torch-tf32", action="store_true")
     p.add_argument("--results-dir", default=os.path.join(ROOT, "benchmarks", "results"))
     args = p.parse_args()
-    args.precisions = [x for x in args.precisions.split(",") if x]
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("bench_reconstruct.py: unset TRITON_INTERPRET; this benchmark measures compiled kernels on a GPU")
@@ -330,9 +335,9 @@ def main() -> None:
                  "this benchmark measures GPU kernels only")
     try:
         import svs_kernels  # noqa: F401
-        from svs_kernels.triton import kernels as K
+        from svs_kernels.triton_ops import reconstruct as R
     except Exception as e:
-        sys.exit(f"bench_reconstruct.py: cannot import svs_kernels.triton.kernels ({e!r}); build the extension "
+        sys.exit(f"bench_reconstruct.py: cannot import svs_kernels.triton_ops ({e!r}); build the extension "
                  "(pip install --no-build-isolation -e .) and install triton")
 
     props = torch.cuda.get_device_properties(0)
@@ -342,15 +347,15 @@ def main() -> None:
     print(f"  copy {rates['bandwidth_Bps'] / 1e12:.2f} TB/s, fp32 {rates['fp32_flops'] / 1e12:.1f} TFLOP/s, "
           f"tf32 {rates['tf32_flops'] / 1e12:.1f} TFLOP/s", flush=True)
 
-    rows = [run_workload(w, args, K, rates) for w in args.workloads.split(",") if w]
+    rows = [run_workload(w, d, args, R, rates) for w in args.workloads.split(",") if w
+            for d in args.out_dtypes.split(",") if d]
     now = datetime.datetime.now(datetime.timezone.utc)
     res = {
         "benchmark": "reconstruct", "date": now.isoformat(timespec="seconds"),
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
         "device": {"name": props.name, "sm_count": props.multi_processor_count,
                    "memory_GiB": round(props.total_memory / 2**30, 1), "capability": f"{props.major}.{props.minor}"},
-        "versions": versions(), "rates": rates, "default_input_precision": K.DEFAULT_INPUT_PRECISION,
-        "workloads": rows, "autotune": K.autotune_results(),
+        "versions": versions(), "rates": rates, "workloads": rows,
     }
     os.makedirs(args.results_dir, exist_ok=True)
     dev = re.sub(r"[^a-z0-9]+", "-", props.name.lower()).strip("-")

@@ -137,13 +137,21 @@ void refine_inplace(at::TensorList weights, const OptionalTensorList& biases,
   }
 }
 
-// Reference and fallback of svs::_reconstruct: one matmul per matrix. The Triton grouped kernel
-// registers itself for CUDA (svs_kernels/triton/kernels.py) and takes precedence there.
+// Reference and fallback of svs::_reconstruct: one matmul per matrix. The map arrives parsed (a
+// SigmaMap::Kind code and a power). The Triton grouped kernel registers itself for CUDA
+// (svs_kernels/triton_ops) and takes precedence there; on CUDA tensors this fallback warns once.
 void reconstruct_composite(at::TensorList u, at::TensorList s, at::TensorList vh,
-                           at::TensorList out, c10::string_view map_name) {
-  const SigmaMap map = parse_map(std::string(map_name));
+                           at::TensorList out, int64_t map_code, double power) {
+  TORCH_CHECK(map_code >= 0 && map_code <= static_cast<int64_t>(SigmaMap::Kind::Identity) &&
+                  std::isfinite(power),
+              "svs._reconstruct: map code ", map_code, " / power ", power, " out of range");
+  const SigmaMap map{static_cast<SigmaMap::Kind>(map_code), power};
   TORCH_CHECK(u.size() == s.size() && s.size() == vh.size() && vh.size() == out.size(),
               "svs._reconstruct: u, s, vh and out must have the same length");
+  if (!out.empty() && out[0].is_cuda()) {
+    TORCH_WARN_ONCE("svs.refine: the Triton reconstruction is not registered, so the per-matrix ATen ",
+                    "fallback runs on CUDA (slower); svs_kernels.backend_info() says why");
+  }
   for (size_t i = 0; i < u.size(); ++i) {
     const at::Tensor& si = s[i];
     const at::Tensor s_max = si.max().reshape({1});
@@ -161,20 +169,54 @@ RefineResult refine_no_kernel(at::TensorList weights, const OptionalTensorList& 
               " tensors (svs_kernels.has_cuda_kernel() tells whether CUDA was built)");
 }
 
+RefineSpectraResult refine_with_spectra_no_kernel(at::TensorList weights, const OptionalTensorList& biases,
+                                                  c10::string_view map, double eps, c10::string_view method) {
+  refine_no_kernel(weights, biases, map, eps, method);  // raises
+  return RefineSpectraResult();
+}
+
+std::vector<std::string> route_names() { return {std::begin(kRouteNames), std::end(kRouteNames)}; }
+
+// The spectrum of a refined weight, from its singular values before (descending, zeros below the
+// rank tolerance; refine_with_spectra's spectra): f(s) sorted descending, zeros kept.
+at::Tensor map_spectrum(const at::Tensor& s, c10::string_view map_name) {
+  TORCH_CHECK(s.dim() == 1 && at::isFloatingType(s.scalar_type()),
+              "svs._map_spectrum: expected a 1-D float tensor of singular values, got shape ", s.sizes());
+  const SigmaMap map = parse_map(std::string(map_name));
+  const at::Tensor sd = s.to(at::kDouble);
+  const at::Tensor s_max = sd.numel() > 0 ? sd.max().reshape({1}) : at::zeros({1}, sd.options());
+  return std::get<0>(apply_map(sd, s_max, sd > 0, map).sort(/*dim=*/0, /*descending=*/true));
+}
+
 }  // namespace
+
+RefineSpectraResult with_spectra(RefineResult result, Spectra spectra) {
+  auto& [weights, biases] = result;
+  return {std::move(weights), std::move(biases), std::move(spectra.values),
+          at::tensor(spectra.routes, at::TensorOptions().dtype(at::kChar))};
+}
 
 TORCH_LIBRARY(svs, m) {
   m.def(
       "refine(Tensor[] weights, Tensor?[] biases, str map=\"sqrt\", float eps=1e-08, "
       "str method=\"auto\") -> (Tensor[], Tensor?[])");
+  // refine, and what it learned per weight: spectra[i] the singular values of weights[i] flattened
+  // (float64, descending, zero below the rank tolerance, on its device), routes[i] (int8, on the
+  // CPU) the code of the route that computed them (names: _route_names()).
+  m.def(
+      "refine_with_spectra(Tensor[] weights, Tensor?[] biases, str map=\"sqrt\", float eps=1e-08, "
+      "str method=\"auto\") -> (Tensor[] weights, Tensor?[] biases, Tensor[] spectra, Tensor routes)");
+  m.def("_route_names() -> str[]", &route_names);
+  m.def("_map_spectrum(Tensor s, str map=\"sqrt\") -> Tensor");
   m.def(
       "refine_(Tensor(a!)[] weights, Tensor(b!)?[] biases, str map=\"sqrt\", float eps=1e-08, "
       "str method=\"auto\") -> ()");
   // Internal: out[i] = U_i diag(f(s_i)) Vh_i for every i, with U_i (m_i, k_i), s_i (k_i),
   // Vh_i (k_i, n_i) and out[i] a (m_i, n_i) view of the final output tensor (any float dtype).
   // f uses s_max = max(s_i); entries s == 0 map to 0 (producers zero every singular value under
-  // their rank tolerance before calling this).
-  m.def("_reconstruct(Tensor[] u, Tensor[] s, Tensor[] vh, Tensor(a!)[] out, str map=\"sqrt\") -> ()");
+  // their rank tolerance before calling this). The map comes parsed: map = SigmaMap::Kind code
+  // (0 sqrt, 1 log1p, 2 abslog, 3 power, 4 ones, 5 spectral, 6 square, 7 identity), power for 3.
+  m.def("_reconstruct(Tensor[] u, Tensor[] s, Tensor[] vh, Tensor(a!)[] out, int map=0, float power=1.0) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(svs, CompositeExplicitAutograd, m) {
@@ -184,6 +226,8 @@ TORCH_LIBRARY_IMPL(svs, CompositeExplicitAutograd, m) {
   });
   m.impl("_reconstruct", &reconstruct_composite);
   m.impl("refine", &refine_no_kernel);
+  m.impl("refine_with_spectra", &refine_with_spectra_no_kernel);
+  m.impl("_map_spectrum", &map_spectrum);
 }
 
 }  // namespace svs

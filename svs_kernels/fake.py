@@ -25,5 +25,17 @@ def _refine_inplace_fake(weights, biases, map="sqrt", eps=1e-8, method="auto") -
 
 
 @torch.library.register_fake("svs::_reconstruct")
-def _reconstruct_fake(u, s, vh, out, map="sqrt") -> None:
+def _reconstruct_fake(u, s, vh, out, map=0, power=1.0) -> None:
     return None
+
+
+@torch.library.register_fake("svs::refine_with_spectra")
+def _refine_with_spectra_fake(weights, biases, map="sqrt", eps=1e-8, method="auto"):
+    new_weights, new_biases = _refine_fake(weights, biases, map, eps, method)
+    spectra = [w.new_empty((min(w.shape[0], w.numel() // max(w.shape[0], 1)),), dtype=torch.float64) for w in weights]
+    return new_weights, new_biases, spectra, torch.empty(len(weights), dtype=torch.int8)
+
+
+@torch.library.register_fake("svs::_map_spectrum")
+def _map_spectrum_fake(s, map="sqrt"):
+    return s.new_empty(s.shape, dtype=torch.float64)

@@ -72,8 +72,10 @@ void Wave::threshold(std::vector<SegmentDesc>& segments) {
         "thresholding the spectra");
 }
 
-void Wave::set_svd_factors(int id, View u, View s, View vh) {
+void Wave::set_svd_factors(int id, Route route, View u, View s, View vh) {
   Factors& f = factors_[id];
+  f.route = route;
+  f.ascending = false;
   f.u = std::move(u);
   f.s = std::move(s);
   f.vh = std::move(vh);
@@ -158,10 +160,34 @@ void Wave::materialise(std::vector<at::Tensor>& u, std::vector<at::Tensor>& s,
   }
 }
 
-using ReconstructFn = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList,
-                           c10::string_view);
+using ReconstructFn = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, int64_t,
+                           double);
 
-void Wave::run(const std::string& map, std::vector<at::Tensor>& outputs) {
+namespace {
+
+int8_t route_code(Route route) {
+  switch (route) {
+    case Route::Small: return kRouteCudaSmall;
+    case Route::GramPadded: return kRouteCudaGramPadded;
+    case Route::Gram: return kRouteCudaGram;
+    case Route::Jacobi: return kRouteCudaJacobi;
+    case Route::Exact: return kRouteCudaExact;
+  }
+  return kRouteCudaExact;
+}
+
+}  // namespace
+
+void Wave::export_spectra(Spectra& spectra) {
+  for (size_t i = 0; i < mats_.size(); ++i) {
+    const Factors& f = factors_[i];
+    const at::Tensor s = buffers_[f.s.buffer].as_strided(f.s.sizes, f.s.strides, f.s.offset);
+    spectra.values[mats_[i]->index] = f.ascending ? s.flip(0) : s.clone();
+    spectra.routes[mats_[i]->index] = route_code(f.route);
+  }
+}
+
+void Wave::run(const std::string& map, std::vector<at::Tensor>& outputs, Spectra* spectra) {
   const int count = static_cast<int>(mats_.size());
   std::map<Route, std::vector<int>> pending;
   for (int i = 0; i < count; ++i) pending[plan_route(mat(i).m, mat(i).n, method_)].push_back(i);
@@ -205,6 +231,7 @@ void Wave::run(const std::string& map, std::vector<at::Tensor>& outputs) {
     pending = std::move(next);
   }
   threshold_svd_factors();
+  if (spectra != nullptr) export_spectra(*spectra);
 
   std::vector<at::Tensor> u, s, vh, out;
   materialise(u, s, vh);
@@ -212,7 +239,8 @@ void Wave::run(const std::string& map, std::vector<at::Tensor>& outputs) {
   static auto reconstruct = c10::Dispatcher::singleton()
                                 .findSchemaOrThrow("svs::_reconstruct", "")
                                 .typed<ReconstructFn>();
-  reconstruct.call(u, s, vh, out, map);
+  const SigmaMap parsed = parse_map(map);
+  reconstruct.call(u, s, vh, out, static_cast<int64_t>(parsed.kind), parsed.power);
 }
 
 }  // namespace cuda

@@ -1,13 +1,15 @@
-"""Triton kernels of svs-kernels (sigma-map, grouped reconstruction, bias rule), optional.
+"""Triton kernels of svs-kernels (sigma-map, staging, grouped GEMM, bias rule), optional.
 
 Importing this package never fails and never imports triton unless CUDA is available: then, if
-triton imports, it registers the grouped Triton reconstruction as the CUDA kernel of the internal
+triton imports, it registers :func:`reconstruct.reconstruct` as the CUDA kernel of the internal
 operator ``svs::_reconstruct`` (the C++ CUDA path of ``svs::refine`` calls it through the
-dispatcher). Without triton or CUDA the operator keeps its ATen composite kernel.
+dispatcher with the map already parsed: a code and a power). Without triton or CUDA the operator
+keeps its ATen composite kernel, which warns once when it runs on CUDA tensors.
+:func:`svs_kernels.backend_info` says which one is active and why.
 
-The kernels themselves live in :mod:`svs_kernels.triton.kernels` (imports triton). On a CPU-only
-machine they run under the Triton interpreter on CPU tensors: set ``TRITON_INTERPRET=1`` before
-triton is first imported.
+One module per kernel plus its launcher: ``sigma_map``, ``stage``, ``gemm``, ``bias``;
+``reconstruct`` chains the first three. On a CPU-only machine they run under the Triton
+interpreter on CPU tensors: set ``TRITON_INTERPRET=1`` before triton is first imported.
 """
 from typing import Optional
 
@@ -17,6 +19,8 @@ __all__ = ["available", "import_error", "parse_map", "registered", "registration
 
 _IMPORT_ERROR: Optional[BaseException] = None
 _REGISTERED = False
+_NOTE = "not registered yet"
+_LIBS = []
 
 
 def available() -> bool:
@@ -46,14 +50,32 @@ def registration_note() -> str:
     return _NOTE
 
 
+def _op_impl(u, s, vh, out, map=0, power=1.0):
+    from . import reconstruct
+
+    reconstruct.reconstruct(u, s, vh, out, map, power)
+
+
+def register(dispatch_key: str = "CUDA"):
+    """Register the Triton reconstruction as the ``dispatch_key`` kernel of ``svs::_reconstruct``.
+
+    Returns the Library holding the registration (kept alive here; ``lib._destroy()`` undoes it,
+    which tests use with dispatch_key="CPU" under the interpreter).
+    """
+    import torch
+
+    lib = torch.library.Library("svs", "IMPL")
+    lib.impl("_reconstruct", _op_impl, dispatch_key)
+    _LIBS.append(lib)
+    return lib
+
+
 def _register_cuda() -> bool:
     global _REGISTERED, _IMPORT_ERROR, _NOTE
     import os
 
     import torch
 
-    if _REGISTERED:
-        return True
     if not torch.cuda.is_available():
         _NOTE = "not registered: CUDA is not available"
         return False
@@ -67,17 +89,16 @@ def _register_cuda() -> bool:
         _NOTE = f"not registered: triton does not import ({_IMPORT_ERROR!r})"
         return False
     try:
-        from . import kernels
+        from . import reconstruct  # noqa: F401  (compiles nothing; fails early on an API mismatch)
 
-        kernels.register("CUDA")
+        register("CUDA")
     except Exception as e:
         _IMPORT_ERROR = e
         _NOTE = f"not registered: {e!r}"
         return False
     _REGISTERED = True
-    _NOTE = "registered: svs_kernels.triton.kernels.reconstruct is the CUDA kernel of svs::_reconstruct"
+    _NOTE = "registered: svs_kernels.triton_ops.reconstruct is the CUDA kernel of svs::_reconstruct"
     return True
 
 
-_NOTE = "not registered yet"
 _register_cuda()

@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Host cost of the Triton reconstruction: building the launch tables, with every launch stubbed.
+
+Runs on the CPU (no GPU, no interpreter): svs_kernels.triton_ops.reconstruct.reconstruct with the
+sigma-map, staging and GEMM launches, the host-to-device copy and the device check replaced by
+no-ops, on CPU tensors shaped and laid out as the C++ caller hands them over (U column-major as
+cuSOLVER writes it, s contiguous, Vh row-major, out row-major views of one buffer). Measured:
+  python    reconstruct() called directly (what the issue's 100 us target is about)
+  operator  torch.ops.svs._reconstruct with the Triton kernel registered for the CPU dispatch key:
+            adds the dispatcher and the wrapping of 4 x G tensors into Python objects, as the C++
+            CUDA kernel's call does
+Medians of --repeats calls after a warm-up. Example:
+  python benchmarks/bench_host_reconstruct.py --workload ddpm-cifar10-p50
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.pop("TRITON_INTERPRET", None)  # the compiled configs, as on a GPU
+
+import torch  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import svs_kernels  # noqa: E402,F401
+from benchmarks.bench_reconstruct import DDPM_P50_FALLBACK, SD15_UNET  # noqa: E402
+from svs_kernels import triton_ops  # noqa: E402
+from svs_kernels.triton_ops import gemm, reconstruct, stage  # noqa: E402
+
+SHAPES = {"ddpm-cifar10-p50": DDPM_P50_FALLBACK, "sd15-unet": SD15_UNET}
+
+
+def factors(shapes):
+    """U (column-major), s, Vh (row-major), out views, for (m, n) shapes, k = min(m, n); meta only
+    matters, so the tensors are small-valued but real (their data_ptr are read)."""
+    u, s, vh = [], [], []
+    for m, n in shapes:
+        k = min(m, n)
+        u.append(torch.empty(k, m).t())
+        s.append(torch.empty(k))
+        vh.append(torch.empty(k, n))
+    buf = torch.empty(sum(m * n for m, n in shapes))
+    out, at = [], 0
+    for m, n in shapes:
+        out.append(buf[at:at + m * n].view(m, n))
+        at += m * n
+    return u, s, vh, out
+
+
+def median_us(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workload", default="ddpm-cifar10-p50", choices=sorted(SHAPES))
+    p.add_argument("--repeats", type=int, default=200)
+    args = p.parse_args()
+    shapes = [(m, n) for m, n, c in SHAPES[args.workload] for _ in range(c)]
+    u, s, vh, out = factors(shapes)
+    launches = []
+    stubs = {(reconstruct, "launch_map"): lambda *a, **k: launches.append("map"),
+             (stage, "launch"): lambda *a, **k: launches.append("stage"),
+             (gemm, "launch"): lambda *a, **k: launches.append("gemm"),
+             (reconstruct, "to_device"): lambda t, device: t,
+             (reconstruct, "check_device"): lambda device, what: None,
+             (reconstruct, "num_programs"): lambda device: 132}
+    saved = {key: getattr(*key) for key in stubs}
+    for (mod, name), fn in stubs.items():
+        setattr(mod, name, fn)
+    try:
+        reconstruct.reconstruct(u, s, vh, out, 0, 1.0)
+        per_call = list(launches)
+        py = median_us(lambda: reconstruct.reconstruct(u, s, vh, out, 0, 1.0), args.repeats)
+        lib = triton_ops.register("CPU")
+        try:
+            op = median_us(lambda: torch.ops.svs._reconstruct(u, s, vh, out, 0, 1.0), args.repeats)
+        finally:
+            lib._destroy()
+            triton_ops._LIBS.remove(lib)
+    finally:
+        for (mod, name), fn in saved.items():
+            setattr(mod, name, fn)
+    print(f"{args.workload}: {len(shapes)} matrices, launches per call {per_call}")
+    print(f"  python   reconstruct(): {py:8.1f} us (median of {args.repeats})")
+    print(f"  operator svs::_reconstruct: {op:8.1f} us")
+    print(f"  torch {torch.__version__}, {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    main()

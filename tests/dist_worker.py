@@ -1,0 +1,41 @@
+"""One rank of the 2-process gloo tests (tests/test_distributed.py), started by torchrun.
+
+    dist_worker.py MODE SRC OUT RESULT
+MODE ``ok``: refine the directory SRC into OUT over the group, and the state dict of SRC through
+``refine_tensors_across``; rank 0 saves the latter to RESULT. MODE ``nan``: SRC has a NaN weight
+that the other rank owns; each rank writes the error it raised to RESULT.rank<N>.
+"""
+import signal
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from svs import distributed, sharded
+
+
+def main(mode: str, src: Path, out: Path, result: Path) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    dist.init_process_group("gloo")
+    group = dist.group.WORLD
+    try:
+        sharded.refine_dir(src, out, preset="generic", group=group)
+        state = {}
+        for f in sorted(src.glob("*.safetensors")):
+            state.update(load_file(str(f)))
+        new, report = distributed.refine_tensors_across(state, group, preset="generic")
+        if dist.get_rank() == 0:
+            save_file({**state, **new}, str(result))
+    except Exception as err:  # noqa: BLE001
+        if mode != "nan":
+            raise
+        Path(f"{result}.rank{dist.get_rank()}").write_text(f"{type(err).__name__}: {err}")
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))

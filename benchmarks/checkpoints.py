@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
+
+Fill = Callable[[str, torch.Tensor], torch.Tensor]
 
 
 def llama_state_dict(layers: int = 2, hidden: int = 32, intermediate: int = 48, kv: int = 16, vocab: int = 64,
                      bias: bool = True, dtype: torch.dtype = torch.bfloat16, seed: int = 0,
                      meta: bool = False) -> Dict[str, torch.Tensor]:
-    """Random weights with the names and shapes of ``LlamaForCausalLM`` (``bias``: q/k/v biases, as
-    Qwen2 has). ``meta``: shapes only, no data."""
+    """Random weights (N(0, 1/fan_in); norms 1) with the names and shapes of ``LlamaForCausalLM``
+    (``bias``: q/k/v biases, as Qwen2 has). ``meta``: shapes only, no data."""
     gen = torch.Generator().manual_seed(seed)
 
     def t(*shape: int) -> torch.Tensor:
@@ -54,10 +56,12 @@ def split_shards(names: List[str], sizes: Dict[str, int], max_shard_bytes: int) 
 
 
 def write_hf_dir(root: Path, state: Dict[str, torch.Tensor], max_shard_bytes: Optional[int] = None,
-                 shards: Optional[List[List[str]]] = None) -> Path:
+                 shards: Optional[List[List[str]]] = None, fill: Fill = lambda name, t: t) -> Path:
     """Writes ``state`` as ``save_pretrained`` does: ``model.safetensors`` if it fits in one shard,
     else ``model-0000k-of-0000N.safetensors`` and ``model.safetensors.index.json``; plus
-    ``config.json``, ``generation_config.json`` and ``tokenizer.json``."""
+    ``config.json``, ``generation_config.json`` and ``tokenizer.json``. ``fill(name, tensor)``
+    gives the data of each tensor when its shard is written (meta tensors in ``state`` keep a
+    checkpoint larger than memory out of memory)."""
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
@@ -68,12 +72,12 @@ def write_hf_dir(root: Path, state: Dict[str, torch.Tensor], max_shard_bytes: Op
     (root / "generation_config.json").write_text(json.dumps({"do_sample": False}))
     (root / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE"}}))
     if len(shards) == 1:
-        save_file({n: state[n] for n in shards[0]}, str(root / "model.safetensors"), metadata={"format": "pt"})
+        save_file({n: fill(n, state[n]) for n in shards[0]}, str(root / "model.safetensors"), metadata={"format": "pt"})
         return root
     weight_map = {}
     for k, names in enumerate(shards, 1):
         file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
-        save_file({n: state[n] for n in names}, str(root / file), metadata={"format": "pt"})
+        save_file({n: fill(n, state[n]) for n in names}, str(root / file), metadata={"format": "pt"})
         weight_map.update({n: file for n in names})
     index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": dict(sorted(weight_map.items()))}
     (root / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))

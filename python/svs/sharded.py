@@ -199,6 +199,7 @@ def refine_dir(
     method: str = "auto",
     eps: float = 1e-8,
     dry_run: bool = False,
+    stats: bool = True,
     force: bool = False,
     device: str = "cpu",
     group: Any = None,
@@ -206,6 +207,7 @@ def refine_dir(
 ) -> RefineReport:
     """Refines the checkpoint directory ``src`` into ``dst`` (nothing written when ``dry_run``).
 
+    ``stats``: record the extreme singular values before and after (two ``svdvals`` passes).
     ``group``: a ``torch.distributed`` process group whose ranks all call this with the same
     arguments; each refines its share of the matrices on ``device``. Returns the whole report on
     every rank. Raises :class:`~svs.io.CheckpointError` for a bad input (one line, naming the file
@@ -223,7 +225,8 @@ def refine_dir(
     if not jobs:
         refine_tensors(meta, preset=preset, include=include, exclude=exclude)  # its "selects no weight" error
     owner = assign([job_cost(meta, job) for job in jobs], ranks.world)
-    kwargs = dict(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps, dry_run=dry_run)
+    kwargs = dict(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps, dry_run=dry_run,
+                  stats=stats)
     tmp = None if dry_run else Path(dst).parent / ranks.from_rank0(f".{Path(dst).name}.svs-{secrets.token_hex(4)}.tmp")
     try:
         if tmp is not None:
@@ -319,7 +322,7 @@ def _finish(ckpt: ShardedCheckpoint, tmp: Path, dst: Path, report: RefineReport,
         (tmp / ckpt.index).write_text(json.dumps(index, indent=2) + "\n")
     record = {"svs_version": __version__, "torch": torch.__version__, "source": str(ckpt.root),
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "processes": world,
-              **{k: v for k, v in kwargs.items() if k != "dry_run"}, "report": report.to_dict()}
+              **{k: v for k, v in kwargs.items() if k not in ("dry_run", "stats")}, "report": report.to_dict()}
     (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     old = None
     if dst.exists():

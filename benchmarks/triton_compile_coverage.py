@@ -78,9 +78,9 @@ def cases():
         op = str(op_dt).split(".")[1]
         for c in gemm.CONFIGS[op]:
             for aligned in (True, False):
-                # TF32 must run on tensor cores; float64 DMMA (mma.sync ... f64) is reported, not
-                # required: triton 3.6 lowers float64 dots to FMA, later versions to DMMA.
-                must = () if op == "float64" else ("tf32",)
+                # tensor cores: TF32 (wgmma or mma.sync), float64 DMMA (mma.sync ... f64.f64.f64.f64:
+                # m8n8k4 with the pinned triton, m16n8k16 with triton 3.6)
+                must = (".f64.f64.f64.f64",) if op == "float64" else ("tf32",)
                 yield (f"gemm {op} out={TORCH_NAME[out_dt]} {precision} x{nseg} {tuple(c)} aligned={aligned}",
                        gemm._gemm_kernel, tab,
                        dict(OP_DT=TL[op_dt], OUT_DT=TL[out_dt], PRECISION=precision, NSEG=nseg, ALIGNED=aligned,

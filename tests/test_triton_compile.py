@@ -1,6 +1,6 @@
 """Compile coverage of the Triton kernels for sm_90 (H100) without a GPU: every kernel x config x
 dtype x precision svs_kernels.triton_ops can launch compiles with the pinned triton, without
-register spills, and its TF32 GEMMs use tensor cores (benchmarks/triton_compile_coverage.py; the
+register spills, and its GEMMs use tensor cores (TF32 or DMMA) (benchmarks/triton_compile_coverage.py; the
 same script checks triton 3.6, the GPU machine's, from .venv-cu130)."""
 import os
 import subprocess

@@ -9,8 +9,7 @@ Three steps, each one launch for all matrices (per dtype combination, in practic
 Precision follows the output dtype (the bounds are per element, with B = |U| diag(f(s)) |Vh|,
 k the inner dimension, u_acc the unit roundoff of the float32 accumulation: 2^-24, or 2^-23 if
 the tensor core truncates):
-  float64 factors   float64 (DMMA, or FMA where triton lowers float64 dots so),
-                    |err| <= (k + 2) 2^-53 B
+  float64 factors   float64 on the DMMA tensor cores: |err| <= (k + 2) 2^-53 B
   float32/64 out    3xTF32: |err| <= (2^-20 + (3k + 2) u_acc) B   (float32-grade: the split
                     leaves 3 x 2^-22 per product)
   float16/bf16 out  TF32, both operands rounded to nearest (2^-11 each):

@@ -144,3 +144,42 @@ def test_progress_mode_gives_the_same_result():
     svs.refine_model(b, progress=True)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_edge_tensors_are_skipped_and_reported():
+    torch.manual_seed(0)
+    state = {
+        "a.weight": torch.randn(4, 3), "a.bias": torch.randn(4),
+        "b.weight": torch.randn(5, 2), "b.bias": torch.arange(5),           # integer bias
+        "c.weight": torch.zeros(0, 3), "c.bias": torch.zeros(0),            # empty layer
+        "d.weight": torch.randint(0, 3, (3, 3)), "d.bias": torch.randn(3),  # integer weight
+        "steps": torch.tensor(7), "meta": "kept as is",
+    }
+    new, report = svs.refine_state_dict(state)
+    reasons = {r.name: r.reason for r in report.skipped}
+    assert reasons == {
+        "b.bias": "dtype torch.int64 is not floating point",
+        "b.weight": "its bias is skipped (dtype torch.int64 is not floating point)",
+        "c.weight": "empty tensor", "c.bias": "empty tensor",
+        "d.weight": "dtype torch.int64 is not floating point", "d.bias": "its weight is skipped",
+    }
+    for name in reasons:
+        assert new[name] is state[name]
+    assert [r.name for r in report.weights] == ["a.weight"] and new["meta"] == "kept as is"
+    assert_matches(new["a.weight"], reference_refine(state["a.weight"]))
+    assert report.to_dict()["totals"]["skipped"] == 6 and "skipped 6" in str(report)
+    with pytest.raises(ValueError, match=r"selects no weight among 2 tensors \(2 skipped"):
+        svs.refine_state_dict({"x.weight": torch.zeros(0, 2), "x.bias": torch.zeros(0)})
+
+
+def test_batches_bound_the_work_of_one_call():
+    from svs.spectrum import MAX_WORK, batches
+
+    shapes = [(2048, 2048)] * 3 + [(64, 3, 3, 3), (8, 8)] * 5 + [(1024, 1024)] * 9
+    got = batches(shapes)
+    assert sorted(i for b in got for i in b) == list(range(len(shapes)))
+    for b in got:
+        rows, cols = shapes[b[0]][0], torch.Size(shapes[b[0]]).numel() // shapes[b[0]][0]
+        assert all(shapes[i][0] == rows and torch.Size(shapes[i]).numel() // rows == cols for i in b)
+        assert len(b) == 1 or len(b) * rows * cols * min(rows, cols) <= MAX_WORK
+    assert [len(b) for b in got] == [1, 1, 1, 5, 5, 4, 4, 1]  # 1024^3 = 2^30: four per call

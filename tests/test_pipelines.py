@@ -74,14 +74,18 @@ def test_ddim_sampling_is_seeded():
     assert a.shape == (3, 1, 16, 16) and torch.equal(a, b) and a.abs().max() <= 1
 
 
-def test_cli_prune_finetune_sample(tmp_path):
+def test_cli_prune_finetune_sample(tmp_path, capsys):
     teacher = tmp_path / "teacher.pt"
     torch.save(build_teacher().state_dict(), teacher)
     pruned, tuned, grid = tmp_path / "p.pt", tmp_path / "t.pt", tmp_path / "s.png"
     assert main(["prune", str(teacher), "-o", str(pruned), "--ratio", "0.5", "--svs", "--importance", "magnitude"]) == 0
-    assert main(["finetune", str(pruned), "-o", str(tuned), "--steps", "3", "--batch-size", "8", "-q"]) == 0
+    # svs prune writes a whole pickled module: reading it back needs consent
+    assert main(["finetune", str(pruned), "-o", str(tuned), "--steps", "3", "--batch-size", "8", "-q"]) == 2
+    assert "--trust-pickle" in capsys.readouterr().err and not tuned.exists()
+    assert main(["finetune", str(pruned), "-o", str(tuned), "--steps", "3", "--batch-size", "8", "-q",
+                 "--trust-pickle"]) == 0
     assert (tmp_path / "t.pt.ckpt").exists()
-    assert main(["sample", str(tuned), "-o", str(grid), "--n", "4", "--steps", "2"]) == 0
+    assert main(["sample", str(tuned), "-o", str(grid), "--n", "4", "--steps", "2", "--trust-pickle"]) == 0
     assert grid.read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(SystemExit, match="exists"):
-        main(["prune", str(teacher), "-o", str(pruned)])
+    assert main(["prune", str(teacher), "-o", str(pruned)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err

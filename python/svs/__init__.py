@@ -4,7 +4,9 @@
     report = svs.refine_model(model, preset="ddpm")   # whole model, in place, all-or-nothing
     print(report)
     new_w, new_b = svs.refine([w1, w2], [b1, None])    # any tensors, one operator call
+    ckpt = svs.io.load("model.safetensors")            # checkpoints (pickles only with trust_pickle=True)
 """
+from . import io
 from .ops import MAPS, refine, refine_
 from .presets import PRESETS, Role, select
 from .model import RefineError, refine_model, refine_state_dict
@@ -17,6 +19,7 @@ __all__ = [
     "RefineError",
     "RefineReport",
     "Role",
+    "io",
     "refine",
     "refine_",
     "refine_model",

@@ -1,21 +1,33 @@
 """Checkpoint formats: safetensors, state-dict ``.pt``, and whole pickled modules.
 
-Writes are atomic (a temporary file in the same folder, then ``os.replace``), so an interrupted
-run never leaves a half-written checkpoint, and the input file is never overwritten.
+Loading runs no code from a file unless asked: ``.pt`` files are read with
+``torch.load(weights_only=True)``, and a whole pickled module (``torch.save(model)``, as
+Diff-Pruning saves pruned models) only with ``trust_pickle=True``. Writes are atomic (temporary
+files beside the outputs, then renames), so an error or Ctrl-C never leaves a half-written file.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import secrets
+import stat
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Union
 
 import torch
 from torch import nn
 
+from .interrupt import interruptible
+
 FORMATS = ("safetensors", "state_dict", "module")
+PathLike = Union[str, Path]
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be read as a checkpoint (corrupt, truncated, another format), or one
+    that holds pickled objects while ``trust_pickle`` is off; the message says which."""
 
 
 @dataclasses.dataclass
@@ -32,65 +44,109 @@ class Checkpoint:
         return {k: v for k, v in self.obj.items() if isinstance(v, torch.Tensor)}
 
 
-def load(path: Union[str, Path], trust_pickle: bool = True) -> Checkpoint:
-    """Loads ``path``. A ``.safetensors`` file as such; anything else with ``torch.load``:
-    first with ``weights_only=True`` (a state dict), and only if that fails because the file
-    holds a whole pickled module (``torch.save(model)``, as Diff-Pruning saves pruned models),
-    again with ``weights_only=False`` -- which runs code from the file, so this is said on stderr
-    and refused with ``trust_pickle=False``."""
+def load(path: PathLike, trust_pickle: bool = False) -> Checkpoint:
+    """Loads ``path``: a ``.safetensors`` file as such, anything else with ``torch.load``.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, PermissionError: as ``open()`` would.
+        CheckpointError: the file is corrupt, truncated or not a checkpoint; or it holds pickled
+            Python objects (a whole module) and ``trust_pickle`` is False. With
+            ``trust_pickle=True`` such a file is loaded with ``weights_only=False``, which runs
+            code from the file (said on stderr): only for files from a source you trust.
+    """
     path = Path(path)
+    open(path, "rb").close()  # the OS's own error for a missing path, a folder, no permission
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return Checkpoint("safetensors", load_file(str(path)))
+        try:
+            return Checkpoint("safetensors", interruptible(lambda: load_file(str(path))))
+        except SafetensorError as err:
+            raise CheckpointError(f"{path} is not a valid safetensors file (truncated or corrupt: {err})") from err
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as safe_error:  # noqa: BLE001  (any failure of the safe loader)
+        obj = interruptible(lambda: torch.load(path, map_location="cpu", weights_only=True))
+    except OSError:
+        raise
+    except Exception as err:  # noqa: BLE001  (the weights-only loader runs no code: any failure means "unreadable")
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if not found:
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint (truncated, corrupt, or not written by "
+                f"torch.save): {_last_line(err)}"
+            ) from err
         if not trust_pickle:
-            raise ValueError(
-                f"{path} is not a plain state dict (weights_only load failed: {safe_error}); "
-                "loading it would unpickle arbitrary objects"
-            ) from safe_error
-        print(
-            f"svs: {path} holds pickled objects, not a plain state dict; loading it with "
-            "weights_only=False (this runs code from the file: only do it for files you trust)",
-            file=sys.stderr,
-        )
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+            raise CheckpointError(
+                f"{path} holds pickled Python objects ({found.group(1)}), such as a whole module saved with "
+                "torch.save(model); loading it runs code from the file. If you trust its source, allow it "
+                "with --trust-pickle (trust_pickle=True in Python)"
+            ) from err
+        print(f"svs: loading {path} with weights_only=False (trust_pickle): this runs code from the file",
+              file=sys.stderr)
+        try:
+            obj = interruptible(lambda: torch.load(path, map_location="cpu", weights_only=False))
+        except OSError:
+            raise
+        except Exception as err2:  # noqa: BLE001
+            raise CheckpointError(f"{path} could not be unpickled: {_last_line(err2)}") from err2
     if isinstance(obj, nn.Module):
         return Checkpoint("module", obj)
     if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
         return Checkpoint("state_dict", obj)
-    raise ValueError(f"{path}: expected a state dict or an nn.Module, got {type(obj).__name__}")
+    raise CheckpointError(f"{path}: expected a state dict or an nn.Module, got {type(obj).__name__}")
 
 
-def save(checkpoint: Checkpoint, path: Union[str, Path]) -> None:
-    """Writes ``checkpoint`` to ``path`` atomically in its own format, except that a ``.safetensors``
-    path always gets a safetensors file of the tensors."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        obj = checkpoint.obj
-        state = obj.state_dict() if isinstance(obj, nn.Module) else obj
-        dropped = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
-        if dropped:
-            print(f"svs: safetensors holds tensors only; not written: {', '.join(dropped)}", file=sys.stderr)
-        tensors = {k: v.detach().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp))
-    else:
-        atomic_write(path, lambda tmp: torch.save(checkpoint.obj, tmp))
+def _last_line(err: BaseException) -> str:
+    lines = [s.strip() for s in str(err).splitlines() if s.strip()]
+    return lines[-1] if lines else type(err).__name__
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+def writer(checkpoint: Checkpoint, path: PathLike) -> Callable[[str], None]:
+    """The function that writes ``checkpoint`` to a given file in the format ``path`` asks for: a
+    ``.safetensors`` path gets a safetensors file of the tensors, anything else ``torch.save``."""
+    if Path(path).suffix != ".safetensors":
+        return lambda tmp: torch.save(checkpoint.obj, tmp)
+    from safetensors.torch import save_file
+
+    obj = checkpoint.obj
+    state = obj.state_dict() if isinstance(obj, nn.Module) else obj
+    dropped = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if dropped:
+        print(f"svs: safetensors holds tensors only; not written: {', '.join(dropped)}", file=sys.stderr)
+    tensors = {k: v.detach().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return lambda tmp: save_file(tensors, tmp)
+
+
+def save(checkpoint: Checkpoint, path: PathLike) -> None:
+    """Writes ``checkpoint`` to ``path`` atomically (see :func:`writer` for the format)."""
+    atomic_write(path, writer(checkpoint, path))
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Calls ``write(tmp)`` on a temporary file beside ``path``, then renames it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    atomic_write_all({path: write})
+
+
+def atomic_write_all(files: Dict[PathLike, Callable[[str], None]]) -> None:
+    """Writes every file through a temporary file beside it, then renames them all, so an error
+    or interrupt while writing changes no file and leaves no temporary one. New files get the mode
+    a plain ``open()`` gives under the umask; a replaced file keeps its mode. The temporary name
+    ends in the target's suffix, so writers that pick a format by suffix (matplotlib) work."""
+    temps: Dict[Path, Path] = {}
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path, write in files.items():
+            path = Path(path)
+            temps[path] = tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
+            mode = stat.S_IMODE((path if path.exists() else tmp).stat().st_mode)
+            interruptible(lambda: write(str(tmp)))
+            os.chmod(tmp, mode)  # again: some writers (safetensors) replace the file they are given
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException as err:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename and Path(err.filename) in temps.values():
+            target = next(p for p, t in temps.items() if t == Path(err.filename))
+            raise OSError(err.errno, f"cannot write it ({err.strerror})", str(target)) from err
         raise

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from . import ops
+from .interrupt import interruptible
 from .presets import Role, paired_weight, select
 from .report import ParamRecord, RefineReport
-from .spectrum import singular_values
+from .spectrum import batches, singular_values
 
 
 class RefineError(RuntimeError):
@@ -38,49 +38,32 @@ def refine_tensors(
     See :func:`refine_model` for the arguments. Returns ``({}, report)`` when ``dry_run``.
     """
     roles = select(named, preset, include, exclude)
+    skipped = skip_unusable(named, roles)
     weights = [n for n, r in roles.items() if r is Role.WEIGHT]
     if not weights:
         raise ValueError(
             f"preset {preset!r} with include={include!r}, exclude={exclude!r} selects no weight "
-            f"among {len(named)} tensors"
+            f"among {len(named)} tensors" + (f" ({len(skipped)} skipped: empty or not floating point)" if skipped else "")
         )
     bias_of = {paired_weight(n): n for n, r in roles.items() if r is Role.BIAS}
     device = named[weights[0]].device
-    start = time.perf_counter()
-
-    new: Dict[str, torch.Tensor] = {}
-    if not dry_run:
-        # One operator call normally; with a progress bar, one per shape group so the bar can move
-        # (each group is still one batched decomposition).
-        chunks = _shape_groups(weights, named) if progress else [weights]
-        bar = _progress_bar(len(weights)) if progress else None
-        for chunk in chunks:
-            w = [named[n] for n in chunk]
-            b = [named[bias_of[n]] if n in bias_of else None for n in chunk]
-            new_w, new_b = _call_refine(chunk, bias_of, w, b, map=map, eps=eps, method=method)
-            for n, t, nb in zip(chunk, new_w, new_b):
-                new[n] = t
-                if nb is not None:
-                    new[bias_of[n]] = nb
-            if bar is not None:
-                bar.update(len(chunk))
-        if bar is not None:
-            bar.close()
-        for name, role in roles.items():
-            if role is Role.RESET_ONE:
-                new[name] = torch.ones_like(named[name])
-            elif role is Role.RESET_ZERO:
-                new[name] = torch.zeros_like(named[name])
-    seconds = time.perf_counter() - start
-
-    before = singular_values([named[n] for n in weights]) if stats else [None] * len(weights)
-    after = singular_values([new[n] for n in weights]) if stats and not dry_run else [None] * len(weights)
+    passes = (0 if dry_run else 1) + (0 if not stats else 1 if dry_run else 2)
+    with _progress_bar(passes * len(weights), progress) as bar:  # closed on Ctrl-C too
+        start = time.perf_counter()
+        new = {} if dry_run else _refined(named, roles, weights, bias_of, bar.update, map=map, eps=eps, method=method)
+        seconds = time.perf_counter() - start
+        nothing = [None] * len(weights)
+        before = singular_values([named[n] for n in weights], bar.update) if stats else nothing
+        after = singular_values([new[n] for n in weights], bar.update) if stats and not dry_run else nothing
     route = f"{device.type}:{method}"
     records: List[ParamRecord] = []
     for name, role in roles.items():
+        t = named[name]
+        if name in skipped:
+            records.append(ParamRecord(name, tuple(t.shape), "skipped", "-", reason=skipped[name]))
+            continue
         if role is Role.SKIP:
             continue
-        t = named[name]
         rec = ParamRecord(name, tuple(t.shape), role.value, route if role is Role.WEIGHT else role.value)
         if role is Role.WEIGHT and stats:
             i = weights.index(name)
@@ -97,31 +80,75 @@ def refine_tensors(
     return new, report
 
 
-def _shape_groups(weights: List[str], named: Dict[str, torch.Tensor]) -> List[List[str]]:
-    groups: Dict[tuple, List[str]] = defaultdict(list)
-    for n in weights:
-        groups[(named[n].shape[0], named[n][0].numel())].append(n)
-    return list(groups.values())
+def skip_unusable(named: Dict[str, torch.Tensor], roles: Dict[str, Role]) -> Dict[str, str]:
+    """Why each selected tensor that SVS cannot use is skipped (empty, not floating point), and
+    the bias or weight of its layer with it, so that no weight is refined without its bias. Their
+    roles become ``SKIP``."""
+    why: Dict[str, str] = {}
+    for name, role in roles.items():
+        t = named[name]
+        if role is Role.SKIP:
+            continue
+        if not t.is_floating_point():
+            why[name] = f"dtype {t.dtype} is not floating point"
+        elif t.numel() == 0:
+            why[name] = "empty tensor"
+    for bias, role in roles.items():
+        weight = paired_weight(bias)
+        if role is not Role.BIAS:
+            continue
+        if bias in why and weight not in why:
+            why[weight] = f"its bias is skipped ({why[bias]})"
+        elif weight in why and bias not in why:
+            why[bias] = "its weight is skipped"
+    for name in why:
+        roles[name] = Role.SKIP
+    return why
 
 
-def _progress_bar(total: int):
+def _refined(named, roles, weights, bias_of, on_batch, **kwargs) -> Dict[str, torch.Tensor]:
+    """New values of the weights, their biases and the reset norm parameters: one operator call
+    per batch of equal shapes and bounded work, so that Ctrl-C and the progress bar land between
+    calls (each is one batched decomposition)."""
+    new: Dict[str, torch.Tensor] = {}
+    for idx in batches([named[n].shape for n in weights]):
+        chunk = [weights[i] for i in idx]
+        w = [named[n] for n in chunk]
+        b = [named[bias_of[n]] if n in bias_of else None for n in chunk]
+        new_w, new_b = _call_refine(chunk, bias_of, w, b, **kwargs)
+        for n, t, nb in zip(chunk, new_w, new_b):
+            new[n] = t
+            if nb is not None:
+                new[bias_of[n]] = nb
+        on_batch(len(chunk))
+    for name, role in roles.items():
+        if role is Role.RESET_ONE:
+            new[name] = torch.ones_like(named[name])
+        elif role is Role.RESET_ZERO:
+            new[name] = torch.zeros_like(named[name])
+    return new
+
+
+def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="SVS", unit="matrix")
+    return tqdm(total=total, desc="SVS", unit="matrix", disable=not enabled)
 
 
 def _call_refine(names, bias_of, w, b, **kwargs):
-    """The operator call, with its ``weights[i]`` / ``biases[i]`` in errors replaced by names."""
+    """The operator call, with its ``weights[i]`` / ``biases[i]`` in errors replaced by names;
+    the operator's own errors (NaN/Inf, solver) become :class:`RefineError`."""
     try:
-        return ops.refine(w, b, **kwargs)
-    except RuntimeError as err:
+        return interruptible(lambda: ops.refine(w, b, **kwargs))
+    except (RuntimeError, ValueError, TypeError) as err:
         def name_of(m: re.Match) -> str:
             weight = names[int(m.group(2))]
             name = weight if m.group(1) == "weights" else bias_of[weight]
             return f"parameter '{name}'"
 
         message = str(err).splitlines()[0] if str(err) else repr(err)
-        raise RefineError(re.sub(r"(weights|biases)\[(\d+)\]", name_of, message)) from err
+        message = re.sub(r"(weights|biases)\[(\d+)\]", name_of, message)
+        raise (RefineError if isinstance(err, RuntimeError) else type(err))(message) from err
 
 
 def refine_model(
@@ -148,11 +175,16 @@ def refine_model(
         map, method, eps: as in :func:`svs.refine`.
         dry_run: only report what would be refined (with the current spectra).
         stats: measure the extreme singular values before and after (two extra ``svdvals`` passes).
-        progress: show a progress bar (one operator call per shape group instead of one in all).
+        progress: show a progress bar (over the operator calls and the spectra, which are both
+            cut into batches of bounded work, so it moves about every second on a CPU).
+
+    Selected tensors that SVS cannot use (empty, not floating point) are skipped, with the other
+    member of their weight/bias pair, and listed in the report with the reason.
 
     Raises:
         RefineError: a selected parameter has NaN/Inf or could not be decomposed; the message names
             it and no parameter of ``model`` was changed.
+        ValueError: nothing selected, an unknown preset or map, a bad regular expression.
     """
     params = dict(model.named_parameters())
     named = {n: p.detach() for n, p in params.items()}
@@ -170,7 +202,8 @@ def refine_state_dict(
     state: Dict[str, torch.Tensor], **kwargs
 ) -> Tuple[Dict[str, torch.Tensor], RefineReport]:
     """Like :func:`refine_model` for a state dict: returns a new dict (entries that are not
-    refined are shared with ``state``) and the report. Keyword arguments as for refine_model."""
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    refined are shared with ``state``; values that are not tensors are kept as they are) and the
+    report. Keyword arguments as for refine_model."""
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     new, report = refine_tensors(tensors, **kwargs)
     return {**state, **new}, report

@@ -1,6 +1,8 @@
 """Typed Python entry points of the ``torch.ops.svs`` operators."""
 from __future__ import annotations
 
+import math
+import re
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -8,6 +10,51 @@ import torch
 import svs_kernels  # noqa: F401  (registers torch.ops.svs.*)
 
 MAPS = ("sqrt", "log1p", "abslog", "power:<p>", "ones", "spectral", "square", "identity")
+_POWER = re.compile(r"power:[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def check_args(weights, biases, map, eps) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
+    """``(weights, biases)`` as lists, after the checks that make argument mistakes a
+    ``TypeError`` / ``ValueError`` saying what was expected (the operator itself raises
+    ``RuntimeError``). NaN/Inf and an unknown ``method`` are left to the operator."""
+    weights = _tensor_list(weights, "weights", none_ok=False)
+    biases = [None] * len(weights) if biases is None else _tensor_list(biases, "biases", none_ok=True)
+    if not weights:
+        raise ValueError("weights is empty; pass a list of one or more tensors")
+    if len(biases) != len(weights):
+        raise ValueError(f"got {len(weights)} weights but {len(biases)} biases; pass one bias (or None) per weight")
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        if w.ndim < 2:
+            raise ValueError(f"weights[{i}] has shape {list(w.shape)}; SVS needs ndim >= 2 (flattened to (shape[0], -1))")
+        for t, what in ((w, "weights"), (b, "biases")):
+            if t is None:
+                continue
+            if not t.is_floating_point():
+                raise TypeError(f"{what}[{i}] has dtype {t.dtype}; expected float16, bfloat16, float32 or float64")
+            if t.numel() == 0:
+                raise ValueError(f"{what}[{i}] is empty (shape {list(t.shape)})")
+            if t.device != weights[0].device:
+                raise ValueError(f"{what}[{i}] is on {t.device} but weights[0] is on {weights[0].device}; use one device")
+        if b is not None and tuple(b.shape) != (w.shape[0],):
+            raise ValueError(f"biases[{i}] has shape {list(b.shape)}; expected [{w.shape[0]}] (weights[{i}].shape[0])")
+    if not isinstance(map, str) or not (map in MAPS or _POWER.fullmatch(map)):
+        raise ValueError(f"unknown map {map!r}; expected one of {', '.join(MAPS)} (e.g. power:0.25)")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    return weights, biases
+
+
+def _tensor_list(items, what: str, none_ok: bool) -> list:
+    kind = "tensors (or None)" if none_ok else "tensors"
+    if isinstance(items, torch.Tensor):
+        raise TypeError(f"{what} must be a list of {kind}, got a single tensor; pass [tensor]")
+    if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+        raise TypeError(f"{what} must be a list of {kind}, got {type(items).__name__}")
+    items = list(items)
+    for i, t in enumerate(items):
+        if not (isinstance(t, torch.Tensor) or (none_ok and t is None)):
+            raise TypeError(f"{what}[{i}] must be a tensor{' or None' if none_ok else ''}, got {type(t).__name__}")
+    return items
 
 
 def refine(
@@ -35,10 +82,14 @@ def refine(
             CUDA: ``auto``, ``jacobi``, ``gram``, ``svd`` (see csrc/cuda/planner.h).
 
     Returns:
-        ``(new_weights, new_biases)`` in the input shapes and dtypes.
+        ``(new_weights, new_biases)`` in the input shapes and dtypes, new tensors that do not
+        require grad (SVS is not differentiable here), whatever ``requires_grad`` the inputs have.
+
+    Raises:
+        TypeError, ValueError: wrong arguments (see :func:`check_args`).
+        RuntimeError: NaN/Inf in an input, a solver failure, a ``method`` the device lacks.
     """
-    weights = list(weights)
-    biases = [None] * len(weights) if biases is None else list(biases)
+    weights, biases = check_args(weights, biases, map, eps)
     with torch.no_grad():
         return torch.ops.svs.refine(weights, biases, map, eps, method)
 
@@ -54,9 +105,18 @@ def refine_(
     """In-place :func:`refine`, one shape group at a time so it needs little extra memory.
 
     Every input is validated before the first write. For all-or-nothing semantics on a model use
-    :func:`svs.refine_model`, which uses the functional operator.
+    :func:`svs.refine_model`, which uses the functional operator. As for torch's own in-place
+    ops, a tensor that requires grad is refused while grad mode is on; under ``torch.no_grad()``
+    (as optimizers update parameters) it is changed in place and autograd does not see it.
     """
-    weights = list(weights)
-    biases = [None] * len(weights) if biases is None else list(biases)
+    weights, biases = check_args(weights, biases, map, eps)
+    if torch.is_grad_enabled():
+        for what, items in (("weights", weights), ("biases", biases)):
+            for i, t in enumerate(items):
+                if t is not None and t.requires_grad:
+                    raise RuntimeError(
+                        f"svs.refine_: {what}[{i}] requires grad, and in-place SVS is not differentiable; "
+                        "call it under torch.no_grad() (as an optimizer step does) or on tensor.detach()"
+                    )
     with torch.no_grad():
         torch.ops.svs.refine_(weights, biases, map, eps, method)

@@ -96,7 +96,7 @@ def train_ddpm(
 
     from tqdm.auto import tqdm
 
-    from .io import atomic_write
+    from .io import atomic_write, load
 
     sched = scheduler()
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -105,7 +105,7 @@ def train_ddpm(
     history: Dict[str, Any] = {"loss": [], "eval": []}
     step = 0
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = load(checkpoint).obj  # weights only: no code from the file
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -119,34 +119,33 @@ def train_ddpm(
 
     if eval_fn is not None and eval_every and step == 0:
         history["eval"].append({"step": 0, **eval_fn(model, 0)})
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress)
-    model.train()
-    running = 0.0
-    while step < cfg.steps:
-        idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
-        x0 = images[idx]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(TRAIN_TIMESTEPS, (cfg.batch_size,), generator=gen)
-        loss = F.mse_loss(model(sched.add_noise(x0, noise, t), t).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            for e, p in zip(ema.parameters(), model.parameters()):
-                e.lerp_(p, 1 - decay)
-        step += 1
-        running += loss.item()
-        if step % cfg.log_every == 0:
-            history["loss"].append({"step": step, "loss": running / cfg.log_every})
-            bar.set_postfix(loss=f"{running / cfg.log_every:.4f}")
-            running = 0.0
-        if eval_fn is not None and eval_every and step % eval_every == 0:
-            history["eval"].append({"step": step, **eval_fn(ema, step)})
-        if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            save()
-        bar.update(1)
-    bar.close()
+    with tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not progress) as bar:
+        model.train()
+        running = 0.0
+        while step < cfg.steps:
+            idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
+            x0 = images[idx]
+            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(TRAIN_TIMESTEPS, (cfg.batch_size,), generator=gen)
+            loss = F.mse_loss(model(sched.add_noise(x0, noise, t), t).sample, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+                for e, p in zip(ema.parameters(), model.parameters()):
+                    e.lerp_(p, 1 - decay)
+            step += 1
+            running += loss.item()
+            if step % cfg.log_every == 0:
+                history["loss"].append({"step": step, "loss": running / cfg.log_every})
+                bar.set_postfix(loss=f"{running / cfg.log_every:.4f}")
+                running = 0.0
+            if eval_fn is not None and eval_every and step % eval_every == 0:
+                history["eval"].append({"step": step, **eval_fn(ema, step)})
+            if checkpoint is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                save()
+            bar.update(1)
     model.load_state_dict(ema.state_dict())
     model.eval()
     return history
@@ -190,18 +189,25 @@ def load_teacher() -> nn.Module:
     return model.eval()
 
 
-def load_model(spec: str) -> nn.Module:
-    """``teacher`` (the bundled one) or a checkpoint path: a pickled module as such, a state dict
-    or safetensors file with the teacher's architecture."""
+def load_model(spec: str, trust_pickle: bool = False) -> nn.Module:
+    """``teacher`` (the bundled one) or a checkpoint path: a pickled module as such (only with
+    ``trust_pickle``, see :func:`svs.io.load`), a state dict or safetensors file with the
+    teacher's architecture."""
     from . import io
 
     if spec == "teacher":
         return load_teacher()
-    ckpt = io.load(spec)
+    ckpt = io.load(spec, trust_pickle=trust_pickle)
     if isinstance(ckpt.obj, nn.Module):
         return ckpt.obj
     model = build_teacher()
-    model.load_state_dict(ckpt.obj)
+    try:
+        model.load_state_dict(ckpt.obj)
+    except RuntimeError as err:
+        raise io.CheckpointError(
+            f"{spec} does not hold the bundled teacher's architecture (a pruned model is a whole pickled "
+            f"module, as svs prune writes it): {str(err).splitlines()[0]}"
+        ) from err
     return model
 
 

@@ -93,8 +93,7 @@ def select(
     rule = PRESETS[preset]
     if rule is stylegan and not any({"synthesis", "mapping"} & set(n.split(".")) for n in named):
         rule = _stylegan_whole_synthesis
-    inc = re.compile(include) if include else None
-    exc = re.compile(exclude) if exclude else None
+    inc, exc = _regex(include, "include"), _regex(exclude, "exclude")
 
     roles: Dict[str, Role] = {}
     for name, tensor in named.items():
@@ -106,6 +105,13 @@ def select(
         if role is Role.BIAS and roles.get(paired_weight(name)) is not Role.WEIGHT:
             roles[name] = Role.SKIP
     return roles
+
+
+def _regex(pattern: Optional[str], what: str) -> Optional["re.Pattern[str]"]:
+    try:
+        return re.compile(pattern) if pattern else None
+    except re.error as err:
+        raise ValueError(f"{what} {pattern!r} is not a valid regular expression: {err}") from None
 
 
 def paired_weight(bias_name: str) -> str:

@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Optional, Tuple
 @dataclasses.dataclass
 class ParamRecord:
     """One parameter: for weights the extreme singular values before and after (after = None when
-    not refined or not measured); for biases the L2 norm."""
+    not refined or not measured); for biases the L2 norm; for a skipped one (role ``skipped``)
+    the reason."""
 
     name: str
     shape: Tuple[int, ...]
@@ -18,6 +19,7 @@ class ParamRecord:
     before_min: Optional[float] = None
     after_max: Optional[float] = None
     after_min: Optional[float] = None
+    reason: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -34,6 +36,10 @@ class RefineReport:
     @property
     def weights(self) -> List[ParamRecord]:
         return [r for r in self.records if r.role == "weight"]
+
+    @property
+    def skipped(self) -> List[ParamRecord]:
+        return [r for r in self.records if r.role == "skipped"]
 
     @property
     def biases(self) -> List[ParamRecord]:
@@ -53,6 +59,7 @@ class RefineReport:
             "weights": len(self.weights),
             "biases": len(self.biases),
             "resets": sum(r.role.startswith("reset") for r in self.records),
+            "skipped": len(self.skipped),
             "shapes": len({(r.shape[0], numel([r]) // max(r.shape[0], 1)) for r in self.weights}),
             "params_refined": numel(self.weights) + numel(self.biases),
             "seconds": round(self.seconds, 4),
@@ -74,7 +81,7 @@ class RefineReport:
 
         header = ("parameter", "shape", "role", "route", "s_max", "s_min", "s_max'", "s_min'")
         rows = [
-            (r.name, "x".join(map(str, r.shape)), r.role, r.route, num(r.before_max),
+            (r.name, "x".join(map(str, r.shape)), r.role, r.reason or r.route, num(r.before_max),
              num(r.before_min), num(r.after_max), num(r.after_min))
             for r in self.records
         ]
@@ -86,6 +93,6 @@ class RefineReport:
             f"SVS map={self.map} method={self.method} device={self.device}: {verb} {t['weights']} weights "
             f"({t['shapes']} shapes) and {t['biases']} biases, {t['params_refined']:,} parameters; "
             f"{t['resets']} norm parameters reset; {t['seconds']:.3f} s"
-        )
+        ) + (f"; skipped {t['skipped']} (reason in the route column)" if t["skipped"] else "")
         note = "(for biases s_max/s_min' columns show ||b|| before/after)"
         return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows] + [summary, note])

@@ -1,24 +1,48 @@
 """Singular value statistics of many matrices, batched by shape, and the spectrum plot."""
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from .interrupt import interruptible
 
-def singular_values(tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-    """Singular values (descending, float64, on the CPU) of each tensor flattened to (shape[0], -1);
-    one batched ``svdvals`` per shape, on the tensors' device."""
+
+# Work (m * n * min(m, n) of each matrix) per batched decomposition call: about 0.3 s on two CPU
+# cores. Batches are cut at this size so that Ctrl-C and a progress bar land between calls; bigger
+# batches gain nothing, as batching only pays for matrices far smaller than this.
+MAX_WORK = 2**32
+
+
+def batches(shapes: Sequence[Sequence[int]], max_work: int = MAX_WORK) -> List[List[int]]:
+    """Indices of ``shapes`` in batches of one shape (flattened to ``(shape[0], -1)``), each with at
+    most ``max_work`` work, or a single matrix."""
     groups: Dict[tuple, List[int]] = defaultdict(list)
-    for i, t in enumerate(tensors):
-        groups[(t.shape[0], t[0].numel())].append(i)
+    for i, shape in enumerate(shapes):
+        rows = shape[0]
+        groups[(rows, math.prod(shape) // max(rows, 1))].append(i)
+    out: List[List[int]] = []
+    for (rows, cols), idx in groups.items():
+        size = max(1, max_work // max(1, rows * cols * min(rows, cols)))
+        out += [idx[k:k + size] for k in range(0, len(idx), size)]
+    return out
+
+
+def singular_values(tensors: Sequence[torch.Tensor], on_batch: Optional[Callable[[int], None]] = None) -> List[torch.Tensor]:
+    """Singular values (descending, float64, on the CPU) of each tensor flattened to (shape[0], -1);
+    one batched ``svdvals`` per batch of :func:`batches`, on the tensors' device. ``on_batch(n)``
+    is called after each batch of ``n`` matrices (a progress bar)."""
     out: List[Optional[torch.Tensor]] = [None] * len(tensors)
     with torch.no_grad():
-        for (rows, cols), idx in groups.items():
-            batch = torch.stack([tensors[i].detach().reshape(rows, cols).to(torch.float64) for i in idx])
-            for i, s in zip(idx, torch.linalg.svdvals(batch).cpu()):
+        for idx in batches([t.shape for t in tensors]):
+            rows = tensors[idx[0]].shape[0]
+            batch = torch.stack([tensors[i].detach().reshape(rows, -1).to(torch.float64) for i in idx])
+            for i, s in zip(idx, interruptible(lambda: torch.linalg.svdvals(batch).cpu())):
                 out[i] = s
+            if on_batch is not None:
+                on_batch(len(idx))
     return out  # type: ignore[return-value]
 
 

@@ -1,0 +1,53 @@
+"""Long calls into C++ (a batched decomposition, ``torch.load`` of a big file) that Ctrl-C can stop.
+
+Python runs signal handlers in the main thread between bytecodes, so a Ctrl-C during a call that
+stays in C++ for minutes lands only when it returns. :func:`interruptible` runs such a call in a
+worker thread while the main thread waits in short slices, free to take the signal. The worker is
+one long-lived daemon thread: a new thread per call would pay for a new OpenMP team each time
+(about 2 ms), and a daemon does not hold up the exit of an interrupted process.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, List, Optional, Tuple, TypeVar
+
+T = TypeVar("T")
+_jobs: "Optional[queue.SimpleQueue]" = None
+_start_lock = threading.Lock()
+
+
+def interruptible(fn: Callable[[], T]) -> T:
+    """``fn()``, run so that KeyboardInterrupt (Ctrl-C, or SIGTERM turned into it) is raised here
+    at once. The interrupted call then finishes in the background and its result is dropped, so
+    ``fn`` must not modify its inputs; callers keep each call short (one batch) to bound that.
+    Off the main thread (where no signal is delivered) it is simply ``fn()``."""
+    if threading.current_thread() is not threading.main_thread():
+        return fn()
+    done, outcome = threading.Event(), []
+    _worker_jobs().put((fn, done, outcome))
+    while not done.wait(0.05):
+        pass
+    ok, value = outcome[0]
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
+
+
+def _worker_jobs() -> queue.SimpleQueue:
+    global _jobs
+    with _start_lock:
+        if _jobs is None:
+            _jobs = queue.SimpleQueue()
+            threading.Thread(target=_work, args=(_jobs,), name="svs-worker", daemon=True).start()
+    return _jobs
+
+
+def _work(jobs: queue.SimpleQueue) -> None:
+    while True:
+        fn, done, outcome = jobs.get()
+        try:
+            outcome.append((True, fn()))
+        except BaseException as err:  # noqa: BLE001  (re-raised in the caller's thread)
+            outcome.append((False, err))
+        done.set()

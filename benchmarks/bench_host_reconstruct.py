@@ -9,6 +9,8 @@ cuSOLVER writes it, s contiguous, Vh row-major, out row-major views of one buffe
   operator  torch.ops.svs._reconstruct with the Triton kernel registered for the CPU dispatch key:
             adds the dispatcher and the wrapping of 4 x G tensors into Python objects, as the C++
             CUDA kernel's call does
+  attributes  only reading data_ptr, size, stride, dtype and device of the 4 x G tensors once
+            each: the floor of any launcher that reads them in Python
 Medians of --repeats calls after a warm-up. Example:
   python benchmarks/bench_host_reconstruct.py --workload ddpm-cifar10-p50
 """
@@ -92,6 +94,12 @@ def main() -> None:
     print(f"{args.workload}: {len(shapes)} matrices, launches per call {per_call}")
     print(f"  python   reconstruct(): {py:8.1f} us (median of {args.repeats})")
     print(f"  operator svs::_reconstruct: {op:8.1f} us")
+    T = torch.Tensor
+    tensors = [t for ts in (u, s, vh, out) for t in ts]
+    attrs = median_us(lambda: [list(map(f, tensors)) for f in (T.data_ptr, T.size, T.stride, T.get_device,
+                                                                 lambda t: t.dtype)], args.repeats)
+    print(f"  attributes of the {len(tensors)} tensors: {attrs:8.1f} us")
+    print(f"  load average {os.getloadavg()[0]:.1f}")
     print(f"  torch {torch.__version__}, {os.cpu_count()} CPUs")
 
 

@@ -539,6 +539,22 @@ def test_aligned_and_remainder_launches(gen, monkeypatch):
     check_reconstruction(u, s, vh, out, "sqrt", gen.initial_seed())
 
 
+@needs_triton
+def test_workspace_chunks(gen, monkeypatch):
+    """With a workspace cap below every matrix's need, each matrix is a chunk of its own (its own
+    map, stage and GEMM launches, its own workspace); results as without chunks."""
+    shapes = [(33, 40), (17, 9), (40, 33)]
+    u, s, vh = random_problem(shapes, gen)
+    out = [torch.full((m, n), math.nan, device=DEVICE) for m, n in shapes]
+    maps = []
+    orig = R.launch_map
+    monkeypatch.setattr(R, "WORKSPACE_BYTES", 1)
+    monkeypatch.setattr(R, "launch_map", lambda tab, o, sdt, code, G: (maps.append(G), orig(tab, o, sdt, code, G))[1])
+    R.reconstruct(u, s, vh, out, "log1p")
+    assert maps == [1, 1, 1], maps
+    check_reconstruction(u, s, vh, out, "log1p", gen.initial_seed())
+
+
 def test_choose_config_rule():
     """The shape rule: no tile larger than every matrix; the largest tile that still gives every
     SM a tile (compiled configs; the interpreter always uses its one small config)."""
@@ -552,3 +568,18 @@ def test_choose_config_rule():
     big, small = gemm.CONFIGS["float32"][0], gemm.CONFIGS["float32"][-1]
     assert gemm.choose_config("float32", np.array([4096] * 8), np.array([4096] * 8), 132) == big
     assert gemm.choose_config("float32", np.array([16]), np.array([40]), 132) == small
+
+
+@needs_cuda
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+def test_cuda_large_accuracy(out_dtype, gen):
+    """GPU only: at llm-8b-p sizes (k = 3072, orthonormal factors, s over 4 decades) the stated
+    elementwise bound holds and float32 outputs are within 1e-5 relative (Frobenius)."""
+    m = n = 3072
+    q1, _ = torch.linalg.qr(torch.randn(m, n, generator=gen, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    u, vh = q1.float().cuda(), q2.T.contiguous().float().cuda()
+    s = torch.logspace(0, -4, n, dtype=torch.float64).float().cuda()
+    out = torch.full((m, n), math.nan, device="cuda", dtype=out_dtype)
+    R.reconstruct([u], [s], [vh], [out], "sqrt")
+    check_reconstruction([u], [s], [vh], [out], "sqrt", gen.initial_seed())

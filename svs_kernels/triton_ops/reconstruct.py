@@ -31,7 +31,8 @@ from ._maps import IDENTITY, parse_map
 from .common import INTERPRETING, TL_DTYPE, check_device, device_ctx, f64_bits, num_programs, to_device
 from .sigma_map import launch_map
 
-# Workspace per chunk of matrices (one matrix larger than this gets a chunk of its own).
+# Workspace per chunk of matrices: at least this, or a quarter of the free device memory (one
+# matrix larger than that gets a chunk of its own).
 WORKSPACE_BYTES = 1 << 30
 
 # Columns of the per-matrix metadata: sizes, data_ptr and strides (elements) of the operands, then
@@ -142,7 +143,7 @@ def _shape_error(u, s, vh, out):
 
 def _run(meta, dts, code, power, device) -> None:
     """Map, stage and GEMM launches for the matrices (rows of meta) of one dtype combination, in
-    chunks whose workspace fits WORKSPACE_BYTES (one matrix larger than that gets its own)."""
+    chunks whose workspace fits the cap (see WORKSPACE_BYTES)."""
     u_dt, s_dt, vh_dt, out_dt = dts
     op_dt = torch.float64 if torch.float64 in (u_dt, vh_dt) else torch.float32
     mode, precision, nseg = _plan(out_dt, op_dt)
@@ -153,12 +154,15 @@ def _run(meta, dts, code, power, device) -> None:
                             np.zeros((len(meta), 4), np.int64)])
     planes = stage.PLANES[mode]
     work = planes * (meta[:, A_LO] + meta[:, B_LO]) * op_dt.itemsize
-    if work.sum() <= WORKSPACE_BYTES:
+    cap = WORKSPACE_BYTES
+    if work.sum() > cap and device.type == "cuda":
+        cap = max(cap, torch.cuda.mem_get_info(device)[0] // 4)
+    if work.sum() <= cap:
         chunks = [meta]
     else:
         starts, total = [0], 0
         for i, w in enumerate(work.tolist()):
-            if total and total + w > WORKSPACE_BYTES:
+            if total and total + w > cap:
                 starts.append(i)
                 total = 0
             total += w

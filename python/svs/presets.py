@@ -67,11 +67,29 @@ def generic(name: str, tensor: torch.Tensor) -> Role:
     return _weight_or_bias(name, tensor)
 
 
+_IN_BLOCK = re.compile(r"\.\d+\.")  # a block index: model.layers.0., transformer.h.0., encoder.layer.0.
+_NOT_LINEAR = re.compile(r"norm|embed|relative_attention_bias")
+
+
+def transformer(name: str, tensor: torch.Tensor) -> Role:
+    """Every 2-D linear weight inside the transformer blocks (attention and MLP projections, MoE
+    experts; names with a block index, as ``transformers`` writes them: ``model.layers.0.mlp.up_proj``,
+    ``transformer.h.0.attn.c_attn``, ``bert.encoder.layer.0.attention.self.query``) and its bias.
+    Not embeddings, the output head or norm layers."""
+    leaf = name.rsplit(".", 1)[-1]
+    if not _IN_BLOCK.search(name) or _NOT_LINEAR.search(name):
+        return Role.SKIP
+    if leaf == "weight" and tensor.ndim == 2:
+        return Role.WEIGHT
+    return Role.BIAS if leaf == "bias" else Role.SKIP
+
+
 PRESETS: Dict[str, Callable[[str, torch.Tensor], Role]] = {
     "ddpm": ddpm,
     "stylegan2": stylegan,
     "stylegan3": stylegan,
     "generic": generic,
+    "transformer": transformer,
 }
 
 

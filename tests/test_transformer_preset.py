@@ -1,0 +1,99 @@
+"""The ``transformer`` preset on a small Llama-style model built offline from a config, with the
+module tree (so the parameter names) of ``transformers``' ``LlamaForCausalLM``; and on the names of
+other families (GPT-2, BERT, Mixtral, T5)."""
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import svs  # noqa: E402
+from benchmarks.checkpoints import llama_state_dict, write_hf_dir  # noqa: E402
+from svs import sharded  # noqa: E402
+
+CONFIG = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "num_key_value_heads": 2, "vocab_size": 64, "attention_bias": True}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+
+
+class Block(nn.Module):
+    def __init__(self, c: dict):
+        super().__init__()
+        h, kv = c["hidden_size"], c["hidden_size"] // c["num_attention_heads"] * c["num_key_value_heads"]
+        self.self_attn = nn.Module()
+        for name, out in (("q_proj", h), ("k_proj", kv), ("v_proj", kv)):
+            setattr(self.self_attn, name, nn.Linear(h, out, bias=c["attention_bias"]))
+        self.self_attn.o_proj = nn.Linear(h, h, bias=False)
+        self.mlp = nn.Module()
+        self.mlp.gate_proj = nn.Linear(h, c["intermediate_size"], bias=False)
+        self.mlp.up_proj = nn.Linear(h, c["intermediate_size"], bias=False)
+        self.mlp.down_proj = nn.Linear(c["intermediate_size"], h, bias=False)
+        self.input_layernorm = RMSNorm(h)
+        self.post_attention_layernorm = RMSNorm(h)
+
+
+class LlamaLike(nn.Module):
+    """The parameters of LlamaForCausalLM(LlamaConfig(**config)), by the same names."""
+
+    def __init__(self, c: dict):
+        super().__init__()
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(c["vocab_size"], c["hidden_size"])
+        self.model.layers = nn.ModuleList(Block(c) for _ in range(c["num_hidden_layers"]))
+        self.model.norm = RMSNorm(c["hidden_size"])
+        self.lm_head = nn.Linear(c["hidden_size"], c["vocab_size"], bias=False)
+
+
+def test_transformer_preset_on_a_llama_model():
+    torch.manual_seed(0)
+    model = LlamaLike(CONFIG)
+    assert "model.layers.0.self_attn.q_proj.weight" in dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    report = svs.refine_model(model, preset="transformer")
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    blocks = {f"model.layers.{i}.{m}.{leaf}" for i in range(2)
+              for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj") for leaf in ("weight", "bias")}
+    assert changed == blocks & set(before)
+    assert len(report.weights) == 14 and len(report.biases) == 6
+    narrowed = svs.select(before, "transformer", include=r"\.mlp\.", exclude="down_proj")
+    assert {n for n, r in narrowed.items() if r is svs.Role.WEIGHT} == {
+        f"model.layers.{i}.mlp.{p}.weight" for i in range(2) for p in ("gate_proj", "up_proj")}
+
+
+def test_transformer_preset_other_families():
+    t2, t1 = torch.empty(8, 8, device="meta"), torch.empty(8, device="meta")
+    names = {
+        "transformer.h.0.attn.c_attn.weight": t2, "transformer.h.0.attn.c_attn.bias": t1,  # GPT-2 (Conv1D)
+        "transformer.h.0.ln_1.weight": t1, "transformer.wte.weight": t2, "transformer.wpe.weight": t2,
+        "bert.encoder.layer.0.attention.self.query.weight": t2, "bert.embeddings.word_embeddings.weight": t2,
+        "bert.encoder.layer.0.attention.output.LayerNorm.weight": t1,
+        "model.layers.0.block_sparse_moe.experts.3.w1.weight": t2,  # Mixtral expert
+        "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": t2,  # T5 (an embedding)
+        "encoder.block.0.layer.0.SelfAttention.q.weight": t2,
+    }
+    roles = svs.select(names, "transformer")
+    assert {n for n, r in roles.items() if r is not svs.Role.SKIP} == {
+        "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
+        "bert.encoder.layer.0.attention.self.query.weight", "model.layers.0.block_sparse_moe.experts.3.w1.weight",
+        "encoder.block.0.layer.0.SelfAttention.q.weight"}
+
+
+def test_transformer_preset_on_a_sharded_directory(tmp_path):
+    state = llama_state_dict(layers=2, seed=5)
+    src = write_hf_dir(tmp_path / "m", state, max_shard_bytes=10_000)
+    report = sharded.refine_dir(src, tmp_path / "out", preset="transformer")
+    assert len(report.weights) == 14 and len(report.biases) == 6
+    expected, _ = svs.refine_state_dict(state, preset="transformer")
+    got = sharded.ShardedCheckpoint.load(sharded.open_dir(tmp_path / "out"), list(state))
+    assert all(torch.equal(got[n], expected[n]) for n in state)
+    assert torch.equal(got["lm_head.weight"], state["lm_head.weight"])

@@ -137,7 +137,7 @@ except ImportError:
 
 MISTAKES = [
     ("refine nothere.pt -o out.pt", "nothere.pt: No such file or directory"),
-    ("refine folder -o out.pt", "folder: Is a directory"),
+    ("refine folder -o out.pt", "folder has no *.safetensors.index.json and 0 .safetensors files"),
     ("refine random.pt -o out.pt", "random.pt is not a readable PyTorch checkpoint"),
     ("refine truncated.pt -o out.pt", "truncated.pt is not a readable PyTorch checkpoint"),
     ("refine empty.pt -o out.pt", "empty.pt is not a readable PyTorch checkpoint"),

@@ -74,6 +74,10 @@ def check_image(path: Path) -> None:
 
 def cmd_refine(args: argparse.Namespace) -> int:
     src = Path(args.input)
+    if src.is_dir():  # a Hugging Face style directory, shard by shard (and over torchrun's ranks)
+        from .sharded import cmd_refine_dir
+
+        return cmd_refine_dir(args)
     dst = None if args.dry_run else args.output and Path(args.output)
     if not args.dry_run and not dst:
         raise UsageError("give the output file with -o (or --dry-run to only report)")
@@ -110,6 +114,10 @@ def _map_values(s: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if Path(args.input).is_dir():
+        from .sharded import cmd_inspect_dir
+
+        return cmd_inspect_dir(args)
     if args.plot:
         check_output(Path(args.plot), True, [args.input])
         check_image(Path(args.plot))
@@ -259,9 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("refine", parents=[loads],
-                       help="refine a checkpoint (.safetensors, state-dict .pt, or pickled module)")
+                       help="refine a checkpoint (.safetensors, state-dict .pt, pickled module, or a Hugging "
+                            "Face directory of safetensors shards; under torchrun the ranks share the work)")
     p.add_argument("input")
-    p.add_argument("-o", "--output", help="output file (never the input); not needed with --dry-run")
+    p.add_argument("-o", "--output", help="output file, or folder for a directory (never the input); not needed with --dry-run")
+    p.add_argument("--device", default="cpu", help="directories: cpu, or cuda (under torchrun each rank's own GPU)")
     _selection_args(p)
     p.add_argument("--method", default="auto", help="decomposition route (default: auto)")
     p.add_argument("--dry-run", action="store_true", help="report what would be refined, write nothing")

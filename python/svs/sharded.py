@@ -320,7 +320,7 @@ def _finish(ckpt: ShardedCheckpoint, tmp: Path, dst: Path, report: RefineReport,
         index["metadata"] = {**index.get("metadata", {}),
                              "total_size": sum(e.end - e.start for e in ckpt.entries.values())}
         (tmp / ckpt.index).write_text(json.dumps(index, indent=2) + "\n")
-    record = {"svs_version": __version__, "torch": torch.__version__, "source": str(ckpt.root),
+    record = {"svs_version": __version__, "torch": torch.__version__, "source": str(ckpt.root.resolve()),
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "processes": world,
               **{k: v for k, v in kwargs.items() if k not in ("dry_run", "stats")}, "report": report.to_dict()}
     (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n")
@@ -346,3 +346,52 @@ def read_record(path: Path) -> Optional[RefineReport]:
     data = json.loads(file.read_text())["report"]
     records = [ParamRecord(**{**r, "shape": tuple(r["shape"])}) for r in data["records"]]
     return RefineReport(records, data["map"], data["method"], data["device"], data["dry_run"], data["totals"]["seconds"])
+
+
+def cmd_refine_dir(args: Any) -> int:
+    """``svs refine MODEL_DIR -o OUT_DIR``; under ``torchrun`` (``WORLD_SIZE`` > 1) every process
+    runs it and refines its share, and rank 0 prints."""
+    import sys
+
+    from .cli import check_output
+    from .distributed import from_env
+
+    if not args.dry_run and not args.output:
+        raise ValueError("give the output folder with -o (or --dry-run to only report)")
+    if args.report:
+        check_output(Path(args.report), args.force, [])
+    group, device = from_env(args.device)
+    try:
+        report = refine_dir(Path(args.input), None if args.dry_run else Path(args.output), preset=args.preset,
+                            include=args.include, exclude=args.exclude, map=args.map, method=args.method,
+                            dry_run=args.dry_run, force=args.force, device=device, group=group,
+                            progress=not args.quiet and sys.stderr.isatty())
+    finally:
+        if group is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if int(os.environ.get("RANK", "0")) == 0:
+        if args.report:
+            from .io import atomic_write
+
+            atomic_write(args.report, lambda tmp: Path(tmp).write_text(json.dumps(report.to_dict(), indent=1)))
+        if not args.quiet:
+            print(report)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        print("dry run: nothing written" if args.dry_run else
+              f"wrote {args.output} ({world} process{'es' if world > 1 else ''}; what was refined: {RECORD})")
+    return 0
+
+
+def cmd_inspect_dir(args: Any) -> int:
+    """``svs inspect OUT_DIR``: what ``svs refine`` recorded there."""
+    path = Path(args.input)
+    report = read_record(path)
+    if report is None:
+        raise ValueError(f"{path} has no {RECORD} (not written by svs refine); inspect one of its .safetensors files")
+    record = json.loads((path / RECORD).read_text())
+    print(report)
+    print(f"refined by svs {record['svs_version']} (torch {record['torch']}) on {record['date']} from {record['source']}: "
+          f"preset {record['preset']}, map {record['map']}, method {record['method']}, {record['processes']} process(es)")
+    return 0

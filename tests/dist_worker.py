@@ -1,9 +1,9 @@
 """One rank of the 2-process gloo tests (tests/test_distributed.py), started by torchrun.
 
     dist_worker.py MODE SRC OUT RESULT
-MODE ``ok``: refine the directory SRC into OUT over the group, and the state dict of SRC through
-``refine_tensors_across``; rank 0 saves the latter to RESULT. MODE ``nan``: SRC has a NaN weight
-that the other rank owns; each rank writes the error it raised to RESULT.rank<N>.
+MODE ``ok``: refine the state dict of SRC through ``refine_tensors_across`` (rank 0 saves it to
+RESULT), then the directory SRC into OUT with ``svs refine`` (the CLI under torchrun). MODE
+``nan``: SRC has a NaN weight; each rank writes the error it raised to RESULT.rank<N>.
 """
 import signal
 import sys
@@ -13,27 +13,32 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from svs import distributed, sharded
+from svs import cli, distributed, sharded
 
 
 def main(mode: str, src: Path, out: Path, result: Path) -> None:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     dist.init_process_group("gloo")
     group = dist.group.WORLD
+    rank = dist.get_rank()
     try:
-        sharded.refine_dir(src, out, preset="generic", group=group)
-        state = {}
-        for f in sorted(src.glob("*.safetensors")):
-            state.update(load_file(str(f)))
-        new, report = distributed.refine_tensors_across(state, group, preset="generic")
-        if dist.get_rank() == 0:
-            save_file({**state, **new}, str(result))
+        if mode == "ok":
+            state = {}
+            for f in sorted(src.glob("*.safetensors")):
+                state.update(load_file(str(f)))
+            new, report = distributed.refine_tensors_across(state, group, preset="generic")
+            if rank == 0:
+                save_file({**state, **new}, str(result))
+            assert cli.main(["refine", str(src), "-o", str(out), "--preset", "generic", "-q"]) == 0  # ends the group
+        else:
+            sharded.refine_dir(src, out, preset="generic", group=group)
     except Exception as err:  # noqa: BLE001
         if mode != "nan":
             raise
-        Path(f"{result}.rank{dist.get_rank()}").write_text(f"{type(err).__name__}: {err}")
+        Path(f"{result}.rank{rank}").write_text(f"{type(err).__name__}: {err}")
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Sharded Hugging Face style checkpoint directories: streamed refinement, the output layout, and
 one test per bad input. Checkpoints are a few hundred kB, generated with fixed seeds."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -199,3 +200,35 @@ def test_index_lists_tensor_a_shard_lacks(copy_dir, tmp_path):
     index.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="lists 'model.extra.weight' in .*, which does not hold it"):
         sharded.refine_dir(copy_dir, tmp_path / "out")
+
+
+# ---- the command line ----------------------------------------------------------------------------
+def test_cli_refine_and_inspect(model_dir, tmp_path, capsys):
+    from svs.cli import main
+
+    out, report = tmp_path / "out", tmp_path / "r.json"
+    assert main(["refine", str(model_dir), "-o", str(out), "--preset", "transformer", "--report", str(report), "-q"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert json.loads(report.read_text())["totals"]["weights"] == 14
+    assert main(["inspect", str(out)]) == 0
+    assert "preset transformer, map sqrt" in capsys.readouterr().out
+    assert main(["refine", str(model_dir), "-o", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"svs refine: error: {out} exists; pass --force to replace it"
+
+
+def test_cli_ctrl_c_leaves_nothing(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    src = write_hf_dir(tmp_path / "m", llama_state_dict(layers=40, hidden=192, intermediate=576, kv=192), max_shard_bytes=4 << 20)
+    proc = subprocess.Popen([sys.executable, "-m", "svs.cli", "refine", str(src), "-o", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".out.") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip() == "svs refine: interrupted; nothing was written"
+    assert leftovers(tmp_path) == ["m"]

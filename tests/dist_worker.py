@@ -1,9 +1,10 @@
 """One rank of the 2-process gloo tests (tests/test_distributed.py), started by torchrun.
 
     dist_worker.py MODE SRC OUT RESULT
-MODE ``ok``: refine the state dict of SRC through ``refine_tensors_across`` (rank 0 saves it to
-RESULT), then the directory SRC into OUT with ``svs refine`` (the CLI under torchrun). MODE
-``nan``: SRC has a NaN weight; each rank writes the error it raised to RESULT.rank<N>.
+MODE ``ok``: refine a module holding the tensors of SRC with ``svs.refine_model(...,
+process_group=)`` (rank 0 saves its parameters to RESULT), then the directory SRC into OUT with
+``svs refine`` (the CLI under torchrun). MODE ``nan``: SRC has a NaN weight; each rank writes the
+error it raised to RESULT.rank<N>.
 """
 import signal
 import sys
@@ -13,7 +14,22 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from svs import cli, distributed, sharded
+import svs
+from svs import cli, sharded
+
+
+def module_of(state: dict) -> torch.nn.Module:
+    """A module whose parameters are ``state``, by the same dotted names."""
+    root = torch.nn.Module()
+    for name, value in state.items():
+        *path, leaf = name.split(".")
+        module = root
+        for part in path:
+            if not hasattr(module, part):
+                module.add_module(part, torch.nn.Module())
+            module = getattr(module, part)
+        module.register_parameter(leaf, torch.nn.Parameter(value.clone(), requires_grad=False))
+    return root
 
 
 def main(mode: str, src: Path, out: Path, result: Path) -> None:
@@ -26,9 +42,10 @@ def main(mode: str, src: Path, out: Path, result: Path) -> None:
             state = {}
             for f in sorted(src.glob("*.safetensors")):
                 state.update(load_file(str(f)))
-            new, report = distributed.refine_tensors_across(state, group, preset="generic")
+            model = module_of(state)
+            svs.refine_model(model, preset="generic", process_group=group)
             if rank == 0:
-                save_file({**state, **new}, str(result))
+                save_file({n: p.detach() for n, p in model.named_parameters()}, str(result))
             assert cli.main(["refine", str(src), "-o", str(out), "--preset", "generic", "-q"]) == 0  # ends the group
         else:
             sharded.refine_dir(src, out, preset="generic", group=group)

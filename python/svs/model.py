@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -162,6 +162,7 @@ def refine_model(
     dry_run: bool = False,
     stats: bool = True,
     progress: bool = False,
+    process_group: Optional[Any] = None,
 ) -> RefineReport:
     """Applies Singular Value Scaling to ``model`` in place and returns a report.
 
@@ -177,6 +178,10 @@ def refine_model(
         stats: measure the extreme singular values before and after (two extra ``svdvals`` passes).
         progress: show a progress bar (over the operator calls and the spectra, which are both
             cut into batches of bounded work, so it moves about every second on a CPU).
+        process_group: a ``torch.distributed`` group whose ranks all call this on the same model
+            (``torchrun``): each refines its share of the matrices (split by estimated cost) on
+            its own device, and every rank's model ends with all refined parameters, bit-identical
+            to one process (:mod:`svs.distributed`). A rank's error is raised on every rank.
 
     Selected tensors that SVS cannot use (empty, not floating point) are skipped, with the other
     member of their weight/bias pair, and listed in the report with the reason.
@@ -188,10 +193,14 @@ def refine_model(
     """
     params = dict(model.named_parameters())
     named = {n: p.detach() for n, p in params.items()}
-    new, report = refine_tensors(
-        named, preset=preset, include=include, exclude=exclude, map=map, method=method,
-        eps=eps, dry_run=dry_run, stats=stats, progress=progress,
-    )
+    kwargs = dict(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps,
+                  dry_run=dry_run, stats=stats)
+    if process_group is not None:
+        from .distributed import refine_tensors_across
+
+        new, report = refine_tensors_across(named, process_group, **kwargs)
+    else:
+        new, report = refine_tensors(named, progress=progress, **kwargs)
     with torch.no_grad():
         for name, value in new.items():
             params[name].copy_(value)

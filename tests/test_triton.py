@@ -540,6 +540,16 @@ def test_aligned_and_remainder_launches(gen, monkeypatch):
 
 
 @needs_triton
+def test_reconstruct_empty_inner_dimension():
+    """k = 0: U (m, 0) Vh (0, n) is a zero matrix; m = 0 or n = 0 writes nothing."""
+    out = [torch.full((3, 4), math.nan, device=DEVICE), torch.empty(0, 5, device=DEVICE)]
+    R.reconstruct([torch.empty(3, 0, device=DEVICE), torch.empty(0, 2, device=DEVICE)],
+                  [torch.empty(0, device=DEVICE), torch.ones(2, device=DEVICE)],
+                  [torch.empty(0, 4, device=DEVICE), torch.ones(2, 5, device=DEVICE)], out)
+    assert (out[0] == 0).all()
+
+
+@needs_triton
 def test_workspace_chunks(gen, monkeypatch):
     """With a workspace cap below every matrix's need, each matrix is a chunk of its own (its own
     map, stage and GEMM launches, its own workspace); results as without chunks."""

@@ -152,6 +152,8 @@ def _run(meta, dts, code, power, device) -> None:
     padded = -(-meta[:, [M, N, K]] // (c.block_m, c.block_n, c.block_k)) * (c.block_m, c.block_n, c.block_k)
     meta = np.column_stack([meta, padded, padded[:, 0] * padded[:, 2], padded[:, 2] * padded[:, 1],
                             np.zeros((len(meta), 4), np.int64)])
+    if max(meta[:, A_LO].max(), meta[:, B_LO].max()) >= 2**31:  # the kernels' tile offsets are int32
+        raise RuntimeError("svs._reconstruct (Triton): a factor has 2^31 or more elements after padding")
     planes = stage.PLANES[mode]
     work = planes * (meta[:, A_LO] + meta[:, B_LO]) * op_dt.itemsize
     cap = WORKSPACE_BYTES

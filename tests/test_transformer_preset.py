@@ -94,6 +94,6 @@ def test_transformer_preset_on_a_sharded_directory(tmp_path):
     report = sharded.refine_dir(src, tmp_path / "out", preset="transformer")
     assert len(report.weights) == 14 and len(report.biases) == 6
     expected, _ = svs.refine_state_dict(state, preset="transformer")
-    got = sharded.ShardedCheckpoint.load(sharded.open_dir(tmp_path / "out"), list(state))
+    got = sharded.open_dir(tmp_path / "out").load(list(state))
     assert all(torch.equal(got[n], expected[n]) for n in state)
     assert torch.equal(got["lm_head.weight"], state["lm_head.weight"])

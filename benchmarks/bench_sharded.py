@@ -2,8 +2,8 @@
 with 1 and 2 processes (torchrun, gloo on the CPU).
 
     python -m benchmarks.bench_sharded --blocks 2                       # 8B-shaped blocks (llm-8b-p)
-    python -m benchmarks.bench_sharded --blocks 150 --hidden 1024 --intermediate 3072 --kv 1024 \\
-        --procs 1 --no-stats --budget-mb 1024                             # a checkpoint 4x the budget
+    python -m benchmarks.bench_sharded --blocks 300 --hidden 256 --intermediate 8192 --kv 256 \\
+        --procs 1 --budget-mb 1024 --shard-mb 1000                        # a checkpoint 4x the budget
 
 The checkpoint is Llama-shaped (names as ``transformers`` writes them, bfloat16, no biases): the
 ``llm-8b-p`` workload's blocks (q, o 3072x3072; k, v 1024x3072; gate, up 9216x3072; down
@@ -11,8 +11,8 @@ The checkpoint is Llama-shaped (names as ``transformers`` writes them, bfloat16,
 instead of 128256, to save disk), in shards of ``--shard-mb``. Block weights are the identity plus
 Gaussian noise (singular values within 1 +- 0.6, so the Gram route, as for pruned weights of
 moderate condition number): the workloads' spectrum recipe costs seconds of QR per matrix, too
-slow to generate gigabytes on 2 cores. Each process reports its own peak RSS (``getrusage``, which counts the pages of
-the memory-mapped shards it touched); the 2-process output must equal the 1-process output byte
+slow to generate gigabytes on 2 cores. Each process runs ``svs refine`` (the CLI, in process) and reports its own
+peak RSS (``VmHWM``, which counts the pages of the memory-mapped shards it touched); the 2-process output must equal the 1-process output byte
 for byte. Writes benchmarks/results/sharded-cpu-<UTC>.{md,json}.
 """
 from __future__ import annotations
@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import shutil
 import socket
 import subprocess
@@ -63,32 +62,31 @@ def generate(root: Path, args: argparse.Namespace) -> Path:
     return root
 
 
-def worker(src: Path, out: Path, stats: bool) -> None:
-    """One process of a run: refine, then print one JSON line with its peak RSS and time."""
-    from svs import sharded
+def memory_mb(field: str) -> float:
+    """``VmHWM`` (peak) or ``VmRSS`` (now) of this process, from /proc: unlike ``getrusage``, whose
+    peak includes the parent's at fork, this is the process's own."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
 
-    group = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
 
-        dist.init_process_group("gloo")
-        group = dist.group.WORLD
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def worker(src: Path, out: Path) -> None:
+    """One process of a run: ``svs refine SRC -o OUT`` (under torchrun, one rank of it), then one
+    JSON line with its peak RSS and time."""
+    from svs.cli import main
+
+    before = memory_mb("VmRSS")
     start = time.perf_counter()
-    report = sharded.refine_dir(src, out, preset="generic", exclude="embed|lm_head", stats=stats, group=group)
-    print(json.dumps({"rank": int(os.environ.get("RANK", 0)), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "rss_before_refine_mb": base, "seconds": time.perf_counter() - start,
-                      "weights": report.totals()["weights"]}), flush=True)
-    if group is not None:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    assert main(["refine", str(src), "-o", str(out), "--exclude", "embed|lm_head", "-q"]) == 0
+    print(json.dumps({"rank": int(os.environ.get("RANK", 0)), "peak_rss_mb": memory_mb("VmHWM"),
+                      "rss_before_refine_mb": before, "seconds": time.perf_counter() - start}), flush=True)
 
 
-def run(src: Path, out: Path, procs: int, stats: bool, threads: int) -> Dict:
+def run(src: Path, out: Path, procs: int, threads: int) -> Dict:
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
-    tail = ["-m", "benchmarks.bench_sharded", "--worker", str(src), str(out)] + ([] if stats else ["--no-stats"])
+    tail = ["-m", "benchmarks.bench_sharded", "--worker", str(src), str(out)]
     if procs == 1:
         cmd = [sys.executable] + tail
     else:
@@ -128,12 +126,11 @@ def main(argv: List[str] = None) -> None:
     p.add_argument("--shard-mb", type=int, default=500)
     p.add_argument("--procs", default="1,2", help="process counts to run, e.g. 1,2")
     p.add_argument("--threads", type=int, default=0, help="threads per process (default: cores / processes)")
-    p.add_argument("--no-stats", action="store_true", help="no spectra in the record (two svdvals passes fewer)")
     p.add_argument("--budget-mb", type=float, help="the memory budget to check the peak RSS against")
     p.add_argument("--work", default="/tmp/svs-bench-sharded", help="where the checkpoint and outputs go")
     args = p.parse_args(argv)
     if args.worker:
-        return worker(Path(args.worker[0]), Path(args.worker[1]), not args.no_stats)
+        return worker(Path(args.worker[0]), Path(args.worker[1]))
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -146,7 +143,8 @@ def main(argv: List[str] = None) -> None:
     for procs in [int(x) for x in args.procs.split(",")]:
         threads = args.threads or max(1, (os.cpu_count() or 1) // procs)
         load = os.getloadavg()[0]
-        r = run(src, work / f"out-{procs}", procs, not args.no_stats, threads)
+        r = run(src, work / f"out-{procs}", procs, threads)
+        r["weights"] = json.loads((work / f"out-{procs}" / "svs_refine.json").read_text())["report"]["totals"]["weights"]
         r["load_before"] = load
         digests[procs] = digest(work / f"out-{procs}")
         runs.append(r)
@@ -165,7 +163,7 @@ def write_results(args, size: int, n_shards: int, largest: int, runs: List[Dict]
         "date": now.isoformat(timespec="seconds"), "machine": f"{cpu}, {os.cpu_count()} cores, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB", "torch": torch.__version__,
         "commit": commit, "checkpoint_gib": size / 2**30, "shards": n_shards, "largest_shard_mib": largest / 2**20,
-        "config": {k: getattr(args, k) for k in ("blocks", "hidden", "intermediate", "kv", "vocab", "shard_mb", "no_stats")},
+        "config": {k: getattr(args, k) for k in ("blocks", "hidden", "intermediate", "kv", "vocab", "shard_mb")},
         "budget_mb": args.budget_mb, "outputs_identical": identical,
     }
     RESULTS.mkdir(exist_ok=True)
@@ -185,7 +183,7 @@ def write_results(args, size: int, n_shards: int, largest: int, runs: List[Dict]
     for run in runs:
         for r in run["ranks"]:
             lines.append(f"| {run['processes']} | {run['threads_per_process']} | {run['wall_s']:.1f} | {r['rank']} | {r['seconds']:.1f} | "
-                         f"{r['peak_rss_mb']:.0f} | {r['rss_before_refine_mb']:.0f} | {r['weights']} | {run['load_before']:.2f} |")
+                         f"{r['peak_rss_mb']:.0f} | {r['rss_before_refine_mb']:.0f} | {run['weights']} | {run['load_before']:.2f} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {stem}.md and .json")

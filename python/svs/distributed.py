@@ -103,6 +103,24 @@ class Ranks:
         return result  # type: ignore[return-value]
 
 
+def from_env(device: str = "cpu") -> Tuple[Any, str]:
+    """The process group ``torchrun`` set up the environment for (``WORLD_SIZE`` > 1; gloo, or
+    NCCL when ``device`` is ``cuda``), initialised here, and this rank's device (``cuda`` becomes
+    ``cuda:LOCAL_RANK``). ``(None, device)`` in a single process."""
+    import os
+
+    if device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        torch.cuda.set_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, device
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.group.WORLD, device
+
+
 def _first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__

@@ -85,7 +85,8 @@ def worker(src: Path, out: Path) -> None:
 
 def run(src: Path, out: Path, procs: int, threads: int) -> Dict:
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     tail = ["-m", "benchmarks.bench_sharded", "--worker", str(src), str(out)]
     if procs == 1:
         cmd = [sys.executable] + tail

@@ -28,7 +28,7 @@ import torch
 
 from . import gemm, stage
 from ._maps import IDENTITY, parse_map
-from .common import INTERPRETING, TL_DTYPE, check_device, device_ctx, f64_bits, num_programs, to_device
+from .common import TL_DTYPE, check_device, device_ctx, f64_bits, num_programs, to_device
 from .sigma_map import launch_map
 
 # Workspace per chunk of matrices: at least this, or a quarter of the free device memory (one

@@ -123,6 +123,32 @@ def test_report_after_spectra_are_the_mapped_spectra():
     assert report.to_dict()["totals"]["params_refined"] == 210
 
 
+def test_report_comes_from_the_refinement_itself(monkeypatch):
+    """The default report costs no decomposition beyond the refinement's own: no svdvals pass runs
+    (it would raise here), before = the operator's spectra (float64 svdvals of the weights, to the
+    Gram route's accuracy ~n * eps64 * kappa, far under 1e-9 here), after = the map applied to them
+    (= svdvals of the new float64 weights), and the route column names the route each matrix took."""
+    import svs.model
+
+    def no_decomposition(*args, **kwargs):
+        raise AssertionError("the report decomposed the weights again")
+
+    monkeypatch.setattr(svs.model, "singular_values", no_decomposition)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 20)).double()
+    with torch.no_grad():
+        model[1].weight[:, :10] = 0  # rank 10: "auto" redoes it with the SVD route
+    before = [torch.linalg.svdvals(m.weight.detach()) for m in model]
+    report = svs.refine_model(model, map="log1p")
+    after = [torch.linalg.svdvals(m.weight.detach()) for m in model]
+    for rec, b, a in zip(report.weights, before, after):
+        assert rec.before_max == pytest.approx(float(b[0]), rel=1e-9)
+        assert rec.after_max == pytest.approx(float(a[0]), rel=1e-9)
+    assert report.weights[0].before_min == pytest.approx(float(before[0][-1]), rel=1e-9)
+    assert report.weights[1].before_min == 0.0 and report.weights[1].after_min == 0.0  # past the rank
+    assert [r.route for r in report.weights] == ["aten:gram", "aten:svd"]
+
+
 def test_failure_names_the_parameter_and_changes_nothing(pruned_ddpm):
     model = pruned_ddpm
     name = "up_blocks.1.attentions.0.to_k.weight"

@@ -7,7 +7,7 @@
     ckpt = svs.io.load("model.safetensors")            # checkpoints (pickles only with trust_pickle=True)
 """
 from . import io
-from .ops import MAPS, refine, refine_
+from .ops import MAPS, map_spectrum, refine, refine_, refine_with_spectra
 from .presets import PRESETS, Role, select
 from .model import RefineError, refine_model, refine_state_dict
 from .report import ParamRecord, RefineReport
@@ -20,10 +20,12 @@ __all__ = [
     "RefineReport",
     "Role",
     "io",
+    "map_spectrum",
     "refine",
     "refine_",
     "refine_model",
     "refine_state_dict",
+    "refine_with_spectra",
     "select",
 ]
 __version__ = "0.1.0"

@@ -47,15 +47,21 @@ def refine_tensors(
         )
     bias_of = {paired_weight(n): n for n, r in roles.items() if r is Role.BIAS}
     device = named[weights[0]].device
-    passes = (0 if dry_run else 1) + (0 if not stats else 1 if dry_run else 2)
-    with _progress_bar(passes * len(weights), progress) as bar:  # closed on Ctrl-C too
+    # The report's spectra come from the refinement itself (refine_with_spectra, and the map for
+    # "after"); only a dry run with stats decomposes just to measure.
+    with _progress_bar(len(weights) if (stats or not dry_run) else 0, progress) as bar:  # closed on Ctrl-C too
         start = time.perf_counter()
-        new = {} if dry_run else _refined(named, roles, weights, bias_of, bar.update, map=map, eps=eps, method=method)
+        if dry_run:
+            new, spectra, routes = {}, singular_values([named[n] for n in weights], bar.update) if stats else None, {}
+        else:
+            new, spectra, routes = _refined(named, roles, weights, bias_of, bar.update, stats, map=map, eps=eps, method=method)
         seconds = time.perf_counter() - start
-        nothing = [None] * len(weights)
-        before = singular_values([named[n] for n in weights], bar.update) if stats else nothing
-        after = singular_values([new[n] for n in weights], bar.update) if stats and not dry_run else nothing
-    route = f"{device.type}:{method}"
+    if spectra is None:
+        before = after = [None] * len(weights)
+    else:
+        before = _on_cpu(spectra)
+        after = [None] * len(weights) if dry_run else [ops.map_spectrum(s, map) for s in before]
+    planned = f"{device.type}:{method}"  # a dry run's route column: nothing was decomposed by a route
     records: List[ParamRecord] = []
     for name, role in roles.items():
         t = named[name]
@@ -64,7 +70,7 @@ def refine_tensors(
             continue
         if role is Role.SKIP:
             continue
-        rec = ParamRecord(name, tuple(t.shape), role.value, route if role is Role.WEIGHT else role.value)
+        rec = ParamRecord(name, tuple(t.shape), role.value, routes.get(name, planned) if role is Role.WEIGHT else role.value)
         if role is Role.WEIGHT and stats:
             i = weights.index(name)
             rec.before_max, rec.before_min = float(before[i][0]), float(before[i][-1])
@@ -106,27 +112,42 @@ def skip_unusable(named: Dict[str, torch.Tensor], roles: Dict[str, Role]) -> Dic
     return why
 
 
-def _refined(named, roles, weights, bias_of, on_batch, **kwargs) -> Dict[str, torch.Tensor]:
-    """New values of the weights, their biases and the reset norm parameters: one operator call
-    per batch of equal shapes and bounded work, so that Ctrl-C and the progress bar land between
-    calls (each is one batched decomposition)."""
+def _refined(named, roles, weights, bias_of, on_batch, spectra: bool, **kwargs):
+    """New values of the weights, their biases and the reset norm parameters; with ``spectra``
+    also each weight's singular values (list in the order of ``weights``) and route name (dict).
+    On the CPU one operator call per batch of equal shapes and bounded work, so that Ctrl-C and
+    the progress bar land between calls (each is one batched decomposition); on a GPU one call
+    for all (the CUDA kernel batches across shapes and bounds its own memory)."""
     new: Dict[str, torch.Tensor] = {}
-    for idx in batches([named[n].shape for n in weights]):
+    values: List[Optional[torch.Tensor]] = [None] * len(weights)
+    routes: Dict[str, str] = {}
+    on_gpu = named[weights[0]].device.type == "cuda"
+    for idx in [list(range(len(weights)))] if on_gpu else batches([named[n].shape for n in weights]):
         chunk = [weights[i] for i in idx]
         w = [named[n] for n in chunk]
         b = [named[bias_of[n]] if n in bias_of else None for n in chunk]
-        new_w, new_b = _call_refine(chunk, bias_of, w, b, **kwargs)
-        for n, t, nb in zip(chunk, new_w, new_b):
-            new[n] = t
-            if nb is not None:
-                new[bias_of[n]] = nb
+        out = _call_refine(chunk, bias_of, w, b, spectra=spectra, **kwargs)
+        for j, (i, n) in enumerate(zip(idx, chunk)):
+            new[n] = out[0][j]
+            if out[1][j] is not None:
+                new[bias_of[n]] = out[1][j]
+            if spectra:
+                values[i], routes[n] = out[2][j], out[3][j]
         on_batch(len(chunk))
     for name, role in roles.items():
         if role is Role.RESET_ONE:
             new[name] = torch.ones_like(named[name])
         elif role is Role.RESET_ZERO:
             new[name] = torch.zeros_like(named[name])
-    return new
+    return new, (values if spectra else None), routes
+
+
+def _on_cpu(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+    """The tensors on the CPU with one device-to-host copy (not one sync per tensor)."""
+    if not tensors or tensors[0].device.type == "cpu":
+        return tensors
+    flat = torch.cat([t.flatten() for t in tensors]).cpu()
+    return list(flat.split([t.numel() for t in tensors]))
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -135,11 +156,13 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, desc="SVS", unit="matrix", disable=not enabled)
 
 
-def _call_refine(names, bias_of, w, b, **kwargs):
-    """The operator call, with its ``weights[i]`` / ``biases[i]`` in errors replaced by names;
-    the operator's own errors (NaN/Inf, solver) become :class:`RefineError`."""
+def _call_refine(names, bias_of, w, b, spectra: bool = False, **kwargs):
+    """The operator call (:func:`ops.refine_with_spectra` when ``spectra``), with its
+    ``weights[i]`` / ``biases[i]`` in errors replaced by names; the operator's own errors
+    (NaN/Inf, solver) become :class:`RefineError`."""
+    fn = ops.refine_with_spectra if spectra else ops.refine
     try:
-        return interruptible(lambda: ops.refine(w, b, **kwargs))
+        return interruptible(lambda: fn(w, b, **kwargs))
     except (RuntimeError, ValueError, TypeError) as err:
         def name_of(m: re.Match) -> str:
             weight = names[int(m.group(2))]
@@ -175,7 +198,9 @@ def refine_model(
         include / exclude: regular expressions on parameter names narrowing the preset.
         map, method, eps: as in :func:`svs.refine`.
         dry_run: only report what would be refined (with the current spectra).
-        stats: measure the extreme singular values before and after (two extra ``svdvals`` passes).
+        stats: report the extreme singular values before and after: from the decomposition the
+            refinement makes anyway (the "after" spectrum is the map applied to it), so they cost
+            nothing extra; with ``dry_run`` one ``svdvals`` pass measures "before".
         progress: show a progress bar (over the operator calls and the spectra, which are both
             cut into batches of bounded work, so it moves about every second on a CPU).
         process_group: a ``torch.distributed`` group whose ranks all call this on the same model

@@ -79,7 +79,8 @@ def refine(
             ``square`` or ``identity``.
         eps: added to ``||b||`` in the bias rule.
         method: decomposition route; ``auto`` picks one per matrix. CPU: ``auto``, ``gram``, ``svd``;
-            CUDA: ``auto``, ``jacobi``, ``gram``, ``svd`` (see csrc/cuda/planner.h).
+            CUDA: ``auto``, ``jacobi``, ``gram``, ``svd`` (see csrc/cuda/planner.h). ``aten`` runs
+            the CPU kernel's float64 ATen route on any device (on CUDA: the exact fallback).
 
     Returns:
         ``(new_weights, new_biases)`` in the input shapes and dtypes, new tensors that do not
@@ -92,6 +93,36 @@ def refine(
     weights, biases = check_args(weights, biases, map, eps)
     with torch.no_grad():
         return torch.ops.svs.refine(weights, biases, map, eps, method)
+
+
+def refine_with_spectra(
+    weights: Sequence[torch.Tensor],
+    biases: Optional[Sequence[Optional[torch.Tensor]]] = None,
+    *,
+    map: str = "sqrt",
+    eps: float = 1e-8,
+    method: str = "auto",
+) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]], List[torch.Tensor], List[str]]:
+    """:func:`refine`, plus what the operator learned per weight at no extra decomposition: its
+    singular values (float64, descending, zero below the rank tolerance, on its device) and the
+    name of the route that computed them (e.g. ``aten:gram``, ``cuda:small``). The spectrum of
+    the refined weight follows from them: :func:`map_spectrum`."""
+    weights, biases = check_args(weights, biases, map, eps)
+    with torch.no_grad():
+        new_w, new_b, spectra, codes = torch.ops.svs.refine_with_spectra(weights, biases, map, eps, method)
+    names = route_names()
+    return new_w, new_b, spectra, [names[c] for c in codes.tolist()]
+
+
+def map_spectrum(s: torch.Tensor, map: str = "sqrt") -> torch.Tensor:
+    """The singular values of a refined weight from those of the weight (as
+    :func:`refine_with_spectra` returns them): ``f(s)`` sorted descending, zeros kept (float64)."""
+    return torch.ops.svs._map_spectrum(s, map)
+
+
+def route_names() -> List[str]:
+    """Names of the decomposition routes, by the code ``torch.ops.svs.refine_with_spectra`` returns."""
+    return list(torch.ops.svs._route_names())
 
 
 def refine_(

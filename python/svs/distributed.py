@@ -22,6 +22,11 @@ from .spectrum import batches
 
 T = TypeVar("T")
 
+# Float64 bytes of the matrices of one job: a batch of many small matrices (spectrum.batches bounds
+# work, not bytes) is cut to this, so that one refine call's workspace, a few float64 copies of its
+# matrices, stays a few hundred MB (or one matrix's, when that is bigger).
+JOB_BYTES = 1 << 26
+
 # Per-call overhead of the cost model m*n*min(m, n) + OVERHEAD, in the same units; the benchmarks'
 # time estimates use the same model (benchmarks/workloads.py, Workload.costs).
 OVERHEAD = 3e4
@@ -129,9 +134,9 @@ def _first_line(err: BaseException) -> str:
 def plan(named: Dict[str, torch.Tensor], preset: str = "generic", include: Optional[str] = None,
          exclude: Optional[str] = None) -> Tuple[List[List[str]], Dict[str, str]]:
     """The jobs of a refinement split into separate refine calls: the selected usable weights in
-    batches of one shape and bounded work (:func:`svs.spectrum.batches`), each with the biases of
-    its weights; the first job also carries the norm parameters a preset resets and the skipped
-    tensors (so that its report lists them). Each job, refined on its own, selects exactly what
+    batches of one shape, bounded work (:func:`svs.spectrum.batches`) and bounded bytes
+    (``JOB_BYTES``), each with the biases of its weights; the first job also carries the norm
+    parameters a preset resets and the skipped tensors (so that its report lists them). Each job, refined on its own, selects exactly what
     it would as part of the whole (roles look at names and shapes only, and a bias travels with
     its weight). Returns the jobs (none when nothing usable is selected) and why each skipped
     tensor is skipped."""
@@ -139,8 +144,11 @@ def plan(named: Dict[str, torch.Tensor], preset: str = "generic", include: Optio
     skipped = skip_unusable(named, roles)
     weights = [n for n, r in roles.items() if r is Role.WEIGHT]
     biases = {paired_weight(n): n for n, r in roles.items() if r is Role.BIAS}
-    jobs = [[x for i in idx for x in (weights[i], biases.get(weights[i])) if x]
-            for idx in batches([named[n].shape for n in weights])]
+    jobs = []
+    for idx in batches([named[n].shape for n in weights]):
+        size = max(1, JOB_BYTES // (8 * named[weights[idx[0]]].numel()))
+        jobs += [[x for i in idx[k:k + size] for x in (weights[i], biases.get(weights[i])) if x]
+                 for k in range(0, len(idx), size)]
     if jobs:
         jobs[0] += [n for n, r in roles.items() if r in (Role.RESET_ONE, Role.RESET_ZERO)] + list(skipped)
     return jobs, skipped

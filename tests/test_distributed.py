@@ -39,13 +39,19 @@ def test_plan_covers_every_selected_tensor_once():
 
 
 def torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(port), str(ROOT / "tests" / "dist_worker.py"), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    """tests/dist_worker.py on 2 ranks, on a free port of 127.0.0.1 (tried again should another
+    process take the port between our probe and torchrun's bind)."""
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(port), str(ROOT / "tests" / "dist_worker.py"), *args]
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if "address already in use" not in run.stderr.lower():
+            return run
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +86,7 @@ def test_failing_rank_makes_every_rank_raise(tmp_path):
     run = torchrun("nan", str(src), str(tmp_path / "out"), str(tmp_path / "err"))
     assert run.returncode == 0, run.stderr[-3000:]
     for rank in (0, 1):
+        assert (tmp_path / f"err.rank{rank}").exists(), run.stderr[-3000:]
         message = (tmp_path / f"err.rank{rank}").read_text()
         assert message.startswith("RefineError: rank ") and bad in message, message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["err.rank0", "err.rank1", "m"]

@@ -39,7 +39,7 @@ HAS_CUDA = torch.cuda.is_available() and svs_kernels.has_cuda_kernel()
 requires_cuda = pytest.mark.skipif(
     not HAS_CUDA,
     reason="needs a GPU and the CUDA kernel of svs::refine (a CUDA build of torch, built with nvcc); "
-    "run benchmarks/gpu_check.sh on a GPU machine",
+    "run .ci/gpu_check.sh on a GPU machine",
 )
 
 METHODS = ["auto", "jacobi", "gram", "svd", "aten"]

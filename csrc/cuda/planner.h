@@ -63,7 +63,7 @@ constexpr int64_t kAnySize = std::numeric_limits<int64_t>::max();
 // (short = min(m, n), long = max(m, n) of the flattened weight).
 //
 // PROVISIONAL. Derived from the cost model of DESIGN.md section 4, NOT measured: the machine that
-// wrote this has no GPU. Re-measure on an H100 (benchmarks/gpu_check.sh runs the benchmarks) and
+// wrote this has no GPU. Re-measure on an H100 (.ci/gpu_check.sh runs the benchmarks) and
 // replace rows and kTuning below with measured crossovers. Reasoning behind the current rows:
 //   - short <= 32 and long <= 32: cuSOLVER's gesvdjBatched limit; one launch for all of them,
 //     Jacobi accuracy (no squared condition number).

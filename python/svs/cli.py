@@ -351,7 +351,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt as err:
         what = "terminated" if isinstance(err, Terminated) else "interrupted"
         print(f"svs {args.command}: {what}; {getattr(args, 'interrupted_note', 'nothing was written')}", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # A decomposition may still run in svs.interrupt's worker thread: leave without the
+        # interpreter's teardown, which can abort (SIGABRT) under OpenMP/MKL threads still working.
+        os._exit(128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT))
     except BrokenPipeError:
         if debug:
             raise

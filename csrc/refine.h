@@ -32,6 +32,10 @@ SigmaMap parse_map(const std::string& name);
 // not 1-D with shape[0] elements, tensors on different devices, a non-positive or non-finite eps.
 void check_inputs(at::TensorList weights, const OptionalTensorList& biases, double eps);
 
+// Throws naming weights[i] when a refined weight is not finite: the inputs are, so the map took a
+// singular value past the output dtype's range (e.g. "square" in float16). One host sync.
+void check_outputs(const std::vector<at::Tensor>& outputs, const std::string& map);
+
 // Indices of the weights grouped by their flattened (rows, cols) shape, in first-seen order of shape.
 std::vector<std::pair<std::pair<int64_t, int64_t>, std::vector<int64_t>>> group_by_shape(
     at::TensorList weights);

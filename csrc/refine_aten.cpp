@@ -79,7 +79,9 @@ RefineResult refine_cpu_impl(at::TensorList weights, const OptionalTensorList& b
               "svs.refine: method '", method, "' is not available on CPU; expected auto, aten, svd or gram");
   const SigmaMap map = parse_map(std::string(map_name));
   check_inputs(weights, biases, eps);
-  return refine_aten(weights, biases, map, eps, method == "aten" ? "auto" : method, spectra);
+  RefineResult result = refine_aten(weights, biases, map, eps, method == "aten" ? "auto" : method, spectra);
+  check_outputs(std::get<0>(result), std::string(map_name));
+  return result;
 }
 
 RefineResult refine_cpu(at::TensorList weights, const OptionalTensorList& biases,

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <regex>
 #include <limits>
 
 namespace svs {
@@ -71,6 +72,18 @@ void check_inputs(at::TensorList weights, const OptionalTensorList& biases, doub
   }
 }
 
+void check_outputs(const std::vector<at::Tensor>& outputs, const std::string& map) {
+  std::vector<at::Tensor> finite;
+  for (const at::Tensor& t : outputs) finite.push_back(at::isfinite(t).all());
+  const at::Tensor ok = at::stack(finite).cpu();
+  const bool* flags = ok.data_ptr<bool>();
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    TORCH_CHECK(flags[i], "svs.refine: the refined weights[", i, "] overflows ", outputs[i].scalar_type(),
+                ": map '", map, "' takes its singular values past the largest ", outputs[i].scalar_type(),
+                " value; refine a float32 copy instead");
+  }
+}
+
 std::vector<std::pair<std::pair<int64_t, int64_t>, std::vector<int64_t>>> group_by_shape(
     at::TensorList weights) {
   std::vector<std::pair<std::pair<int64_t, int64_t>, std::vector<int64_t>>> groups;
@@ -109,9 +122,26 @@ at::Tensor scale_bias(const at::Tensor& bias, double eps) {
 
 namespace {
 
+// An error of a call on a subset of the weights, with its indices (weights[j], biases[j]) turned
+// into the caller's (weights[index[j]]).
+std::string with_caller_indices(const std::string& message, const std::vector<int64_t>& index) {
+  static const std::regex mention(R"((weights|biases)\[(\d+)\])");
+  std::string out;
+  auto last = message.cbegin();
+  for (std::sregex_iterator it(message.begin(), message.end(), mention), end; it != end; ++it) {
+    const size_t j = std::stoul((*it)[2].str());
+    out.append(last, (*it)[0].first);
+    out += (*it)[1].str() + "[" + std::to_string(j < index.size() ? index[j] : static_cast<int64_t>(j)) + "]";
+    last = (*it)[0].second;
+  }
+  out.append(last, message.cend());
+  return out;
+}
+
 // In place, one shape group at a time, so the peak extra memory is one group's result, not the
-// model's. Every input is checked before the first write; only a solver failure can stop it
-// part-way (svs.refine_model uses the functional op when it must be all-or-nothing).
+// model's. Every input is checked before the first write; only a solver failure or an output
+// overflow can stop it part-way, after the groups before it were written (svs.refine_model uses
+// the functional op when it must be all-or-nothing).
 void refine_inplace(at::TensorList weights, const OptionalTensorList& biases,
                     const std::string& map, double eps, const std::string& method) {
   check_inputs(weights, biases, eps);
@@ -127,7 +157,13 @@ void refine_inplace(at::TensorList weights, const OptionalTensorList& biases,
       group_weights.push_back(weights[i]);
       group_biases.push_back(biases[i]);
     }
-    auto [new_weights, new_biases] = refine_op.call(group_weights, group_biases, map, eps, method);
+    RefineResult result;
+    try {
+      result = refine_op.call(group_weights, group_biases, map, eps, method);
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, with_caller_indices(e.what_without_backtrace(), group.second));
+    }
+    auto& [new_weights, new_biases] = result;
     for (size_t j = 0; j < group.second.size(); ++j) {
       const int64_t i = group.second[j];
       weights[i].copy_(new_weights[j]);

@@ -84,7 +84,11 @@ RefineResult refine_cuda_impl(at::TensorList weights, const OptionalTensorList& 
 
   const at::Device device = weights[0].device();
   c10::cuda::CUDAGuard guard(device);
-  if (method_name == "aten") return refine_aten(weights, biases, map, eps, "auto", spectra);
+  if (method_name == "aten") {
+    RefineResult result = refine_aten(weights, biases, map, eps, "auto", spectra);
+    check_outputs(std::get<0>(result), map_name);
+    return result;
+  }
 
   std::vector<Mat> mats;
   std::vector<at::Tensor> outputs;
@@ -130,6 +134,7 @@ RefineResult refine_cuda_impl(at::TensorList weights, const OptionalTensorList& 
   }
   flush();
 
+  check_outputs(outputs, map_name);
   return {outputs, scale_biases(biases, eps, device)};
 }
 

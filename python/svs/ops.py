@@ -88,7 +88,8 @@ def refine(
 
     Raises:
         TypeError, ValueError: wrong arguments (see :func:`check_args`).
-        RuntimeError: NaN/Inf in an input, a solver failure, a ``method`` the device lacks.
+        RuntimeError: NaN/Inf in an input, a solver failure, a ``method`` the device lacks, a
+            result past the dtype's range (e.g. ``square`` of large float16 weights).
     """
     weights, biases = check_args(weights, biases, map, eps)
     with torch.no_grad():
@@ -135,7 +136,9 @@ def refine_(
 ) -> None:
     """In-place :func:`refine`, one shape group at a time so it needs little extra memory.
 
-    Every input is validated before the first write. For all-or-nothing semantics on a model use
+    Every input is validated before the first write; a solver failure or a result past the dtype's
+    range (``RuntimeError`` naming the weight) stops it after the shape groups before it were
+    written. For all-or-nothing semantics on a model use
     :func:`svs.refine_model`, which uses the functional operator. As for torch's own in-place
     ops, a tensor that requires grad is refused while grad mode is on; under ``torch.no_grad()``
     (as optimizers update parameters) it is changed in place and autograd does not see it.

@@ -75,7 +75,7 @@ RefineResult refine_cpu_impl(at::TensorList weights, const OptionalTensorList& b
                              c10::string_view map_name, double eps, c10::string_view method_view,
                              Spectra* spectra) {
   const std::string method(method_view);
-  TORCH_CHECK(method == "auto" || method == "svd" || method == "gram" || method == "aten",
+  TORCH_CHECK_VALUE(method == "auto" || method == "svd" || method == "gram" || method == "aten",
               "svs.refine: method '", method, "' is not available on CPU; expected auto, aten, svd or gram");
   const SigmaMap map = parse_map(std::string(map_name));
   check_inputs(weights, biases, eps);

@@ -353,7 +353,7 @@ def test_compiles_with_torch_compile():
 
 @requires_cuda
 def test_bad_method_on_cuda():
-    with pytest.raises(RuntimeError, match="method 'qr' is not available on CUDA; expected auto, aten"):
+    with pytest.raises(ValueError, match="method 'qr' is not available on CUDA; expected auto, aten"):
         svs.refine(on_device([torch.randn(4, 4)]), method="qr")
 
 

@@ -292,7 +292,7 @@ def test_aten_method_is_the_cpu_route(rng):
 
 
 def test_bad_method_and_eps():
-    with pytest.raises(RuntimeError, match="method 'jacobi' is not available on CPU"):
+    with pytest.raises(ValueError, match="method 'jacobi' is not available on CPU"):
         svs.refine([torch.randn(4, 4)], method="jacobi")
     with pytest.raises(RuntimeError, match="eps must be finite and > 0"):
         torch.ops.svs.refine([torch.randn(4, 4)], [None], "sqrt", 0.0, "auto")

@@ -78,7 +78,7 @@ RefineResult refine_cuda_impl(at::TensorList weights, const OptionalTensorList& 
   const SigmaMap map = parse_map(map_name);  // validates; _reconstruct applies the map
   const std::string method_name(method_view);
   Method method = Method::Auto;
-  TORCH_CHECK(method_name == "aten" || sc::parse_method(method_name, &method), "svs.refine: method '",
+  TORCH_CHECK_VALUE(method_name == "aten" || sc::parse_method(method_name, &method), "svs.refine: method '",
               method_name, "' is not available on CUDA; expected auto, aten, jacobi, gram or svd");
   check_inputs(weights, biases, eps);
 

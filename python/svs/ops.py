@@ -16,7 +16,8 @@ _POWER = re.compile(r"power:[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 def check_args(weights, biases, map, eps) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
     """``(weights, biases)`` as lists, after the checks that make argument mistakes a
     ``TypeError`` / ``ValueError`` saying what was expected (the operator itself raises
-    ``RuntimeError``). NaN/Inf and an unknown ``method`` are left to the operator."""
+    ``RuntimeError``). NaN/Inf and an unknown ``method`` (a ``ValueError`` naming the device's
+    methods) are left to the operator."""
     weights = _tensor_list(weights, "weights", none_ok=False)
     biases = [None] * len(weights) if biases is None else _tensor_list(biases, "biases", none_ok=True)
     if not weights:
@@ -88,8 +89,9 @@ def refine(
 
     Raises:
         TypeError, ValueError: wrong arguments (see :func:`check_args`).
-        RuntimeError: NaN/Inf in an input, a solver failure, a ``method`` the device lacks, a
-            result past the dtype's range (e.g. ``square`` of large float16 weights).
+        ValueError: also a ``method`` the device lacks (raised by the operator).
+        RuntimeError: NaN/Inf in an input, a solver failure, a result past the dtype's range
+            (e.g. ``square`` of large float16 weights).
     """
     weights, biases = check_args(weights, biases, map, eps)
     with torch.no_grad():

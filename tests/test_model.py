@@ -149,6 +149,27 @@ def test_report_comes_from_the_refinement_itself(monkeypatch):
     assert [r.route for r in report.weights] == ["aten:gram", "aten:svd"]
 
 
+@pytest.mark.parametrize("stats", [True, False])
+def test_decompositions_run_on_the_callers_thread(monkeypatch, stats):
+    """Never in svs.interrupt's worker thread: a second thread running LAPACK keeps a second
+    OpenMP team alive, and every later LAPACK call of the process ran ~7x slower (svs.interrupt)."""
+    import threading
+
+    import svs.model
+    import svs.ops
+
+    threads = []
+    for name in ("refine", "refine_with_spectra"):
+        real = getattr(svs.ops, name)
+        monkeypatch.setattr(svs.ops, name, lambda *a, _real=real, **k: (threads.append(threading.current_thread()), _real(*a, **k))[1])
+    real_svdvals = torch.linalg.svdvals
+    monkeypatch.setattr(torch.linalg, "svdvals", lambda *a, **k: (threads.append(threading.current_thread()), real_svdvals(*a, **k))[1])
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3))
+    svs.refine_model(model, stats=stats)
+    svs.refine_model(model, dry_run=True)
+    assert threads and all(t is threading.main_thread() for t in threads)
+
+
 def test_failure_names_the_parameter_and_changes_nothing(pruned_ddpm):
     model = pruned_ddpm
     name = "up_blocks.1.attentions.0.to_k.weight"

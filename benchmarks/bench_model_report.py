@@ -4,9 +4,10 @@ loop, on the benchmark workloads' real shapes (float32, generated spectra; workl
 
     python -m benchmarks.bench_model_report [--workload ddpm-cifar10-p50,stylegan2-base] [--repeats 5]
 
-The peers run interleaved (one round = each peer once, in a rotated order), after one warm-up
-round; the table gives the median over the rounds and the ratio to the bare operator of the same
-round. Writes benchmarks/results/model-report-<device>-<UTC>.{md,json}.
+The peers run interleaved (one round = each peer once, in a shuffled order, seed 0, with a pause
+of 0.3 s before each call so that no library's idle threads still spin from the previous peer),
+after one warm-up round; the table gives the median over the rounds and the ratio to the bare
+operator of the same round. Writes benchmarks/results/model-report-<device>-<UTC>.{md,json}.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import argparse
 import datetime
 import json
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -63,10 +65,13 @@ def run(workload: str, device: str, repeats: int) -> Dict:
     names = list(fns)
     times: Dict[str, List[float]] = {n: [] for n in names}
     ratios: Dict[str, List[float]] = {n: [] for n in names}
+    shuffle = random.Random(0).shuffle
     for r in range(repeats + 1):  # round 0 is the warm-up
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = list(names)
+        shuffle(order)
         this: Dict[str, float] = {}
         for n in order:
+            time.sleep(0.3)
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()

@@ -60,6 +60,23 @@ using RefineSpectraResult =
     std::tuple<std::vector<at::Tensor>, OptionalTensorList, std::vector<at::Tensor>, at::Tensor>;
 RefineSpectraResult with_spectra(RefineResult result, Spectra spectra);
 
+// The kernels of svs::refine and svs::refine_with_spectra of one device, from its
+// implementation (which fills `spectra` when it is not null).
+using RefineImpl = RefineResult (*)(at::TensorList, const OptionalTensorList&, c10::string_view,
+                                    double, c10::string_view, Spectra*);
+template <RefineImpl impl>
+RefineResult refine_kernel(at::TensorList weights, const OptionalTensorList& biases,
+                           c10::string_view map, double eps, c10::string_view method) {
+  return impl(weights, biases, map, eps, method, nullptr);
+}
+template <RefineImpl impl>
+RefineSpectraResult refine_with_spectra_kernel(at::TensorList weights, const OptionalTensorList& biases,
+                                               c10::string_view map, double eps, c10::string_view method) {
+  Spectra spectra(weights.size());
+  RefineResult result = impl(weights, biases, map, eps, method, &spectra);
+  return with_spectra(std::move(result), std::move(spectra));
+}
+
 // The ATen route (csrc/refine_aten.cpp): device-generic float64 ATen calls, so the same code is
 // the CPU kernel and method="aten" of the CUDA kernel. method: "auto", "gram" or "svd". Fills
 // `spectra` when it is not null.

@@ -71,29 +71,17 @@ Refined refine_batch(const at::Tensor& a, const SigmaMap& map, const std::string
 }
 
 // The CPU kernels: "aten" names this same route on every device, so it is accepted as "auto".
-RefineResult refine_cpu_impl(at::TensorList weights, const OptionalTensorList& biases,
-                             c10::string_view map_name, double eps, c10::string_view method_view,
-                             Spectra* spectra) {
+RefineResult refine_cpu(at::TensorList weights, const OptionalTensorList& biases,
+                        c10::string_view map_name, double eps, c10::string_view method_view,
+                        Spectra* spectra) {
   const std::string method(method_view);
   TORCH_CHECK_VALUE(method == "auto" || method == "svd" || method == "gram" || method == "aten",
-              "svs.refine: method '", method, "' is not available on CPU; expected auto, aten, svd or gram");
+                    "svs.refine: method '", method, "' is not available on CPU; expected auto, aten, svd or gram");
   const SigmaMap map = parse_map(std::string(map_name));
   check_inputs(weights, biases, eps);
   RefineResult result = refine_aten(weights, biases, map, eps, method == "aten" ? "auto" : method, spectra);
   check_outputs(std::get<0>(result), std::string(map_name));
   return result;
-}
-
-RefineResult refine_cpu(at::TensorList weights, const OptionalTensorList& biases,
-                        c10::string_view map, double eps, c10::string_view method) {
-  return refine_cpu_impl(weights, biases, map, eps, method, nullptr);
-}
-
-RefineSpectraResult refine_with_spectra_cpu(at::TensorList weights, const OptionalTensorList& biases,
-                                            c10::string_view map, double eps, c10::string_view method) {
-  Spectra spectra(weights.size());
-  RefineResult result = refine_cpu_impl(weights, biases, map, eps, method, &spectra);
-  return with_spectra(std::move(result), std::move(spectra));
 }
 
 }  // namespace
@@ -142,8 +130,8 @@ RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biase
 }
 
 TORCH_LIBRARY_IMPL(svs, CPU, m) {
-  m.impl("refine", &refine_cpu);
-  m.impl("refine_with_spectra", &refine_with_spectra_cpu);
+  m.impl("refine", &refine_kernel<refine_cpu>);
+  m.impl("refine_with_spectra", &refine_with_spectra_kernel<refine_cpu>);
 }
 
 }  // namespace svs

@@ -71,15 +71,16 @@ OptionalTensorList scale_biases(const OptionalTensorList& biases, double eps,
   return result;
 }
 
-RefineResult refine_cuda_impl(at::TensorList weights, const OptionalTensorList& biases,
-                              c10::string_view map_view, double eps, c10::string_view method_view,
-                              Spectra* spectra) {
+RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biases,
+                         c10::string_view map_view, double eps, c10::string_view method_view,
+                         Spectra* spectra) {
   const std::string map_name(map_view);
   const SigmaMap map = parse_map(map_name);  // validates; _reconstruct applies the map
   const std::string method_name(method_view);
   Method method = Method::Auto;
-  TORCH_CHECK_VALUE(method_name == "aten" || sc::parse_method(method_name, &method), "svs.refine: method '",
-              method_name, "' is not available on CUDA; expected auto, aten, jacobi, gram or svd");
+  TORCH_CHECK_VALUE(method_name == "aten" || sc::parse_method(method_name, &method),
+                    "svs.refine: method '", method_name,
+                    "' is not available on CUDA; expected auto, aten, jacobi, gram or svd");
   check_inputs(weights, biases, eps);
 
   const at::Device device = weights[0].device();
@@ -138,23 +139,11 @@ RefineResult refine_cuda_impl(at::TensorList weights, const OptionalTensorList& 
   return {outputs, scale_biases(biases, eps, device)};
 }
 
-RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biases,
-                         c10::string_view map, double eps, c10::string_view method) {
-  return refine_cuda_impl(weights, biases, map, eps, method, nullptr);
-}
-
-RefineSpectraResult refine_with_spectra_cuda(at::TensorList weights, const OptionalTensorList& biases,
-                                             c10::string_view map, double eps, c10::string_view method) {
-  Spectra spectra(weights.size());
-  RefineResult result = refine_cuda_impl(weights, biases, map, eps, method, &spectra);
-  return with_spectra(std::move(result), std::move(spectra));
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(svs, CUDA, m) {
-  m.impl("refine", &refine_cuda);
-  m.impl("refine_with_spectra", &refine_with_spectra_cuda);
+  m.impl("refine", &refine_kernel<refine_cuda>);
+  m.impl("refine_with_spectra", &refine_with_spectra_kernel<refine_cuda>);
 }
 
 }  // namespace svs

@@ -151,8 +151,9 @@ def test_report_comes_from_the_refinement_itself(monkeypatch):
 
 @pytest.mark.parametrize("stats", [True, False])
 def test_decompositions_run_on_the_callers_thread(monkeypatch, stats):
-    """Never in svs.interrupt's worker thread: a second thread running LAPACK keeps a second
-    OpenMP team alive, and every later LAPACK call of the process ran ~7x slower (svs.interrupt)."""
+    """Outside the CLI, never in svs.interrupt's worker thread: a second thread running LAPACK
+    keeps a second OpenMP team alive, and every later LAPACK call of the process (the user's own
+    too) ran ~7x slower (svs.interrupt). Inside svs.interrupt.own_process (the CLI), in the worker."""
     import threading
 
     import svs.model
@@ -168,6 +169,12 @@ def test_decompositions_run_on_the_callers_thread(monkeypatch, stats):
     svs.refine_model(model, stats=stats)
     svs.refine_model(model, dry_run=True)
     assert threads and all(t is threading.main_thread() for t in threads)
+    threads.clear()
+    from svs.interrupt import own_process
+
+    with own_process():
+        svs.refine_model(model, stats=stats)
+    assert threads and all(t is not threading.main_thread() for t in threads)
 
 
 def test_failure_names_the_parameter_and_changes_nothing(pruned_ddpm):

@@ -20,6 +20,7 @@ import torch
 
 from . import __version__, io
 from .presets import PRESETS, Role, select
+from .interrupt import own_process
 from .model import RefineError, refine_model, refine_state_dict, skip_unusable
 from .spectrum import describe, plot_spectra, singular_values
 
@@ -345,7 +346,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        code = args.func(args)
+        with own_process():  # decompositions in svs.interrupt's worker, so Ctrl-C lands at once
+            code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return code
     except KeyboardInterrupt as err:

@@ -5,22 +5,42 @@ stays in C++ for minutes lands only when it returns. :func:`interruptible` runs 
 worker thread while the main thread waits in short slices, free to take the signal. The worker is
 one long-lived daemon thread, and a daemon does not hold up the exit of an interrupted process.
 
-Only I/O goes to the worker, never the decompositions: a second thread that runs OpenMP/LAPACK
-work keeps a second thread team alive, and on 2 cores every later LAPACK call of the process,
-the user's own included, then ran about 7x slower (torch.linalg.svdvals of 40 x 128 x 512
-float64: 145 ms before, about 1000 ms after one call in the worker; torch 2.13 CPU). The
-decompositions run on the caller's thread in batches of bounded work (svs.spectrum.batches), so
-Ctrl-C lands between batches.
+The decompositions go to the worker only while the whole process is svs's own (the CLI, inside
+:func:`own_process`): a second thread that runs OpenMP/LAPACK work keeps a second thread team
+alive, and on 2 cores every later LAPACK call of the process, a user's own included, then ran
+about 7x slower (torch.linalg.svdvals of 40 x 128 x 512 float64: 145 ms before, about 1000 ms
+after one call in the worker; torch 2.13 CPU). In a user's process they run on the caller's
+thread (:func:`compute`), in batches of bounded work, so Ctrl-C lands between batches.
 """
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from typing import Callable, List, Optional, Tuple, TypeVar
+from typing import Callable, Iterator, List, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
 _jobs: "Optional[queue.SimpleQueue]" = None
 _start_lock = threading.Lock()
+_own_process = False
+
+
+@contextlib.contextmanager
+def own_process() -> Iterator[None]:
+    """While the process does nothing but svs's work (a CLI command): :func:`compute` uses the
+    worker, so Ctrl-C lands during a long decomposition too."""
+    global _own_process
+    previous, _own_process = _own_process, True
+    try:
+        yield
+    finally:
+        _own_process = previous
+
+
+def compute(fn: Callable[[], T]) -> T:
+    """A decomposition: :func:`interruptible` inside :func:`own_process`, else ``fn()`` on the
+    caller's thread (see the module docstring for why)."""
+    return interruptible(fn) if _own_process else fn()
 
 
 def interruptible(fn: Callable[[], T]) -> T:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from . import ops
+from .interrupt import compute
 from .presets import Role, paired_weight, select
 from .report import ParamRecord, RefineReport
 from .spectrum import batches, singular_values
@@ -161,7 +162,7 @@ def _call_refine(names, bias_of, w, b, spectra: bool = False, **kwargs):
     (NaN/Inf, solver) become :class:`RefineError`."""
     fn = ops.refine_with_spectra if spectra else ops.refine
     try:
-        return fn(w, b, **kwargs)  # on this thread: see svs.interrupt for why not in the worker
+        return compute(lambda: fn(w, b, **kwargs))
     except (RuntimeError, ValueError, TypeError) as err:
         def name_of(m: re.Match) -> str:
             weight = names[int(m.group(2))]

@@ -30,6 +30,7 @@ import torch
 from . import __version__
 from .distributed import Ranks, assign, job_cost, merge_reports, plan
 from .io import CheckpointError
+from .interrupt import interruptible
 from .model import _progress_bar, refine_tensors
 from .presets import Role, select
 from .report import ParamRecord, RefineReport
@@ -255,7 +256,10 @@ def refine_dir(
 def _refine_job(ckpt: ShardedCheckpoint, job: List[str], tmp: Optional[Path], device: str,
                 kwargs: Dict[str, Any], on_done: Callable[[int], Any]) -> RefineReport:
     """One refine call: loads the job's tensors, refines them, writes them into ``tmp``."""
-    new, report = refine_tensors({n: t.to(device) for n, t in ckpt.load(job).items()}, **kwargs)
+    # The read goes to svs.interrupt's worker: a Ctrl-C landing inside safetensors' conversion of
+    # a tensor surfaced as an unrelated error ("could not determine the shape of ... UntypedStorage").
+    loaded = interruptible(lambda: ckpt.load(job))
+    new, report = refine_tensors({n: t.to(device) for n, t in loaded.items()}, **kwargs)
     for name, value in new.items():
         _write_tensor(tmp, ckpt.entries[name], value)
     on_done(len(report.weights))

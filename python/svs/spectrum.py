@@ -7,6 +7,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from .interrupt import compute
+
 
 
 # Work (m * n * min(m, n) of each matrix) per batched decomposition call: about 0.3 s on two CPU
@@ -38,7 +40,7 @@ def singular_values(tensors: Sequence[torch.Tensor], on_batch: Optional[Callable
         for idx in batches([t.shape for t in tensors]):
             rows = tensors[idx[0]].shape[0]
             batch = torch.stack([tensors[i].detach().reshape(rows, -1).to(torch.float64) for i in idx])
-            for i, s in zip(idx, torch.linalg.svdvals(batch).cpu()):
+            for i, s in zip(idx, compute(lambda: torch.linalg.svdvals(batch).cpu())):
                 out[i] = s
             if on_batch is not None:
                 on_batch(len(idx))

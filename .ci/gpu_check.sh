@@ -32,13 +32,15 @@ case "${1:-}" in
 esac
 
 # Environment: $SVS_GPU_VENV (a virtualenv with a CUDA torch, e.g. on a self-hosted runner whose
-# checkout is cleaned every run), else $PYTHON, else the active one, else ./.venv, else python.
+# checkout is cleaned every run), else $PYTHON, else the active one, else ./.venv, else python
+# (python3 where there is no python).
 if [[ -n "${SVS_GPU_VENV:-}" ]]; then
   . "$SVS_GPU_VENV/bin/activate"
 elif [[ -z "${PYTHON:-}" && -z "${VIRTUAL_ENV:-}" && -f .venv/bin/activate ]]; then
   . .venv/bin/activate
 fi
-PYTHON="${PYTHON:-python}"
+# The GPU machine has python3 (the one that holds torch) and maybe no `python`.
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 START=$SECONDS
 BUDGET="${SVS_GPU_CHECK_BUDGET_S:-450}"
 RESULTS="${OUT:-benchmarks/results/gpu-check-$(date -u +%Y%m%dT%H%M%SZ)}"

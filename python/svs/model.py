@@ -62,6 +62,7 @@ def refine_tensors(
         before = _on_cpu(spectra)
         after = [None] * len(weights) if dry_run else [ops.map_spectrum(s, map) for s in before]
     planned = f"{device.type}:{method}"  # a dry run's route column: nothing was decomposed by a route
+    position = {n: i for i, n in enumerate(weights)}
     records: List[ParamRecord] = []
     for name, role in roles.items():
         t = named[name]
@@ -72,7 +73,7 @@ def refine_tensors(
             continue
         rec = ParamRecord(name, tuple(t.shape), role.value, routes.get(name, planned) if role is Role.WEIGHT else role.value)
         if role is Role.WEIGHT and stats:
-            i = weights.index(name)
+            i = position[name]
             rec.before_max, rec.before_min = float(before[i][0]), float(before[i][-1])
             if after[i] is not None:
                 rec.after_max, rec.after_min = float(after[i][0]), float(after[i][-1])

@@ -208,7 +208,8 @@ def refine_dir(
 ) -> RefineReport:
     """Refines the checkpoint directory ``src`` into ``dst`` (nothing written when ``dry_run``).
 
-    ``stats``: record the extreme singular values before and after (two ``svdvals`` passes).
+    ``stats``: record the extreme singular values before and after (from the refinement's own
+    decomposition, as in :func:`svs.refine_model`; a dry run measures "before" with ``svdvals``).
     ``group``: a ``torch.distributed`` process group whose ranks all call this with the same
     arguments; each refines its share of the matrices on ``device``. Returns the whole report on
     every rank. Raises :class:`~svs.io.CheckpointError` for a bad input (one line, naming the file

@@ -10,7 +10,6 @@ import torch
 from .interrupt import compute
 
 
-
 # Work (m * n * min(m, n) of each matrix) per batched decomposition call: about 0.3 s on two CPU
 # cores. Batches are cut at this size so that Ctrl-C and a progress bar land between calls; bigger
 # batches gain nothing, as batching only pays for matrices far smaller than this.

@@ -11,7 +11,9 @@ run in docs/results/svs_experiment/runs/ (runs already there are skipped, so it 
 `report` writes the table and plots.
 """
 import argparse
+import itertools
 import json
+import os
 import time
 from pathlib import Path
 
@@ -20,39 +22,70 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "results" / "svs_experiment"
-VARIANTS = ("pruned", "svs", "random")
+ABLATION = ("pruned", "reset", "svs-keepnorm", "svs", "random")
+# Each plan is a grid of runs; run ids name every setting, so plans share the runs they have in common.
+PLANS = {
+    "ablation": dict(importance=("taylor", "magnitude"), ratios=(0.5, 0.7), variants=ABLATION,
+                     maps=("sqrt",), steps=800, eval_every=200),
+    "long": dict(importance=("taylor",), ratios=(0.5,), variants=ABLATION[:4], maps=("sqrt",),
+                 steps=3200, eval_every=400),
+    "maps": dict(importance=("taylor",), ratios=(0.5,), variants=("svs",),
+                 maps=("sqrt", "log1p", "abslog", "power:0.25", "ones", "spectral"), steps=800, eval_every=200),
+    "sparsity": dict(importance=("taylor",), ratios=(0.3, 0.5, 0.7), variants=("pruned", "svs", "random"),
+                     maps=("sqrt",), steps=800, eval_every=200),
+}
+
+
+def run_id(importance: str, ratio: float, variant: str, map: str, steps: int, seed: int) -> str:
+    """The file name of one run; the map appears only where it is used and is not sqrt."""
+    tag = f"-{map.replace(':', '')}" if variant.startswith("svs") and map != "sqrt" else ""
+    return f"{importance}-r{ratio}-{variant}{tag}-{steps}steps-s{seed}"
+
+
+def jobs(plan: dict, seeds, variant_override=None):
+    variants = (variant_override,) if variant_override else plan["variants"]
+    for importance, ratio, seed, variant, map in itertools.product(
+            plan["importance"], plan["ratios"], seeds, variants, plan["maps"]):
+        if map != "sqrt" and not variant.startswith("svs"):
+            continue
+        yield dict(importance=importance, ratio=ratio, variant=variant, map=map, seed=seed)
 
 
 def run(args: argparse.Namespace) -> None:
-    OUT = Path(args.out)
+    out = Path(args.out)
+    from svs.io import atomic_write
     from svs.pipelines import Evaluator, TrainConfig, digits, load_model, student, train_ddpm
 
     torch.set_num_threads(args.threads)
+    plan = PLANS[args.plan]
+    todo = [j for k, j in enumerate(jobs(plan, args.seeds, args.variant)) if k % args.shards == args.shard]
     images, _ = digits()
     teacher = load_model(args.teacher)
     evaluate = Evaluator(teacher, n=args.eval_samples, ddim_steps=args.ddim_steps)
-    (OUT / "runs").mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
     teacher_eval = evaluate(teacher, 0)
     print("teacher", teacher_eval, flush=True)
-    for ratio in args.ratios:
-        for seed in args.seeds:
-            for variant in VARIANTS:
-                path = OUT / "runs" / f"r{ratio}-{variant}-s{seed}.json"
-                if path.exists():
-                    continue
-                start = time.time()
-                model = student(teacher, ratio, variant, importance=args.importance, seed=seed, images=images)
-                params = sum(p.numel() for p in model.parameters())
-                cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=seed, log_every=25)
-                history = train_ddpm(model, images, cfg, eval_fn=evaluate, eval_every=args.eval_every, progress=False)
-                result = {"ratio": ratio, "variant": variant, "seed": seed, "params": params,
-                          "teacher_params": sum(p.numel() for p in teacher.parameters()),
-                          "teacher_eval": teacher_eval, "config": {k: v for k, v in vars(args).items() if k != "func"},
-                          "seconds": round(time.time() - start, 1), **history}
-                path.write_text(json.dumps(result, indent=1))
-                last = history["eval"][-1]
-                print(f"r={ratio} {variant:6s} seed={seed}: FID {last['fid']:.2f} SSIM {last['ssim']:.3f} "
-                      f"({result['seconds']} s)", flush=True)
+    for job in todo:
+        name = run_id(steps=plan["steps"], **job)
+        path = out / "runs" / f"{name}.json"
+        if path.exists():  # checked at the last moment: another shard or a migration may have written it
+            continue
+        start = time.time()
+        model = student(teacher, job["ratio"], job["variant"], importance=job["importance"], seed=job["seed"],
+                        images=images, map=job["map"])
+        params = sum(p.numel() for p in model.parameters())
+        cfg = TrainConfig(steps=plan["steps"], batch_size=args.batch_size, lr=args.lr, seed=job["seed"], log_every=25)
+        history = train_ddpm(model, images, cfg, eval_fn=evaluate, eval_every=plan["eval_every"], progress=False)
+        result = {**job, "steps": plan["steps"], "params": params,
+                  "teacher_params": sum(p.numel() for p in teacher.parameters()),
+                  "teacher_eval": teacher_eval,
+                  "config": {"plan": args.plan, "eval_every": plan["eval_every"], "batch_size": args.batch_size,
+                             "lr": args.lr, "eval_samples": args.eval_samples, "ddim_steps": args.ddim_steps,
+                             "threads": args.threads, "teacher": args.teacher},
+                  "seconds": round(time.time() - start, 1), **history}
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+        last = history["eval"][-1]
+        print(f"{name}: FID {last['fid']:.2f} SSIM {last['ssim']:.3f} ({result['seconds']} s)", flush=True)
 
 
 def report(args: argparse.Namespace) -> None:
@@ -142,11 +175,11 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
     r.add_argument("--teacher", default="teacher")
-    r.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    r.add_argument("--plan", required=True, choices=sorted(PLANS))
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    r.add_argument("--importance", default="taylor", choices=["taylor", "magnitude"])
-    r.add_argument("--steps", type=int, default=600)
-    r.add_argument("--eval-every", type=int, default=150)
+    r.add_argument("--variant", default=None, choices=ABLATION, help="run only this variant of the plan")
+    r.add_argument("--shard", type=int, default=0, help="this process takes every --shards-th run from --shard")
+    r.add_argument("--shards", type=int, default=1)
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--lr", type=float, default=2e-4)
     r.add_argument("--eval-samples", type=int, default=512)

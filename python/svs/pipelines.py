@@ -220,22 +220,46 @@ def reinitialize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+VARIANTS = {
+    "pruned": "pruned, fine-tuned as is",
+    "reset": "pruned, GroupNorm reset to 1/0 (no SVS)",
+    "svs-keepnorm": "pruned + SVS, the teacher's GroupNorm kept",
+    "svs": "pruned + SVS + GroupNorm reset (the authors' DDPM code)",
+    "random": "pruned architecture, random weights",
+}
+
+
+def reset_norms(model: nn.Module) -> nn.Module:
+    """Every norm layer's scale to 1 and shift to 0 (the ``ddpm`` preset's reset, without SVS)."""
+    from .presets import Role, select
+
+    with torch.no_grad():
+        for name, role in select(dict(model.named_parameters()), "ddpm").items():
+            if role in (Role.RESET_ONE, Role.RESET_ZERO):
+                model.get_parameter(name).fill_(1.0 if role is Role.RESET_ONE else 0.0)
+    return model
+
+
 def student(teacher: nn.Module, ratio: float, variant: str, importance: str = "taylor", seed: int = 0,
-            images: Optional[torch.Tensor] = None) -> nn.Module:
-    """A pruned copy of ``teacher``: ``variant`` is ``pruned`` (as pruned), ``svs`` (pruned, then
-    SVS with the ddpm preset) or ``random`` (pruned architecture, random weights)."""
+            images: Optional[torch.Tensor] = None, map: str = "sqrt") -> nn.Module:
+    """A pruned copy of ``teacher`` prepared as ``variant`` (one of :data:`VARIANTS`); ``map`` is
+    the SVS map of the ``svs`` variants."""
     import copy
 
     from .model import refine_model
     from .pruning import prune_unet
 
-    if variant not in ("pruned", "svs", "random"):
-        raise ValueError(f"unknown variant {variant!r}; expected pruned, svs or random")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
     if images is None:
         images = digits()[0]
     model = prune_unet(copy.deepcopy(teacher), ratio, importance, images=images, seed=seed)
     if variant == "svs":
-        refine_model(model, preset="ddpm", stats=False)
+        refine_model(model, preset="ddpm", map=map, stats=False)
+    elif variant == "svs-keepnorm":
+        refine_model(model, preset="ddpm", exclude="norm", map=map, stats=False)
+    elif variant == "reset":
+        reset_norms(model)
     elif variant == "random":
         reinitialize(model, seed)
     return model

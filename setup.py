@@ -1,4 +1,5 @@
-"""Builds svs_kernels._C (the svs::refine operator) and installs the `svs` and `svs_kernels` packages.
+"""Builds the extension svs_kernels._C (the svs:: operators); everything else about the package
+(metadata, dependencies, extras, packages) is in pyproject.toml.
 
 The CUDA kernels are built when the installed torch is a CUDA build and a CUDA toolkit is found
 (`torch.version.cuda` and `CUDA_HOME`); otherwise only the CPU kernel is built. Checking
@@ -36,17 +37,4 @@ def extension():
     return cpp_extension.CppExtension("svs_kernels._C", CPU_SOURCES, **common)
 
 
-setup(
-    name="svs-kernels",
-    version="0.1.0",
-    description="Singular Value Scaling (SVS) of pruned weights as a batched PyTorch operator",
-    packages=["svs", "svs_kernels"],
-    package_dir={"svs": "python/svs", "svs_kernels": "svs_kernels"},
-    package_data={"svs": ["assets/*.safetensors", "assets/*.json"]},
-    ext_modules=[extension()],
-    cmdclass={"build_ext": cpp_extension.BuildExtension},
-    python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "safetensors", "tqdm", "matplotlib"],
-    extras_require={"prune": ["diffusers", "torch-pruning"], "pipeline": ["diffusers", "torch-pruning", "scikit-learn"], "triton": ["triton"]},
-    entry_points={"console_scripts": ["svs = svs.cli:main"]},
-)
+setup(ext_modules=[extension()], cmdclass={"build_ext": cpp_extension.BuildExtension})

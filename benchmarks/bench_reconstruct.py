@@ -57,7 +57,7 @@ SD15_UNET = [
     (320, 5760, 2), (320, 640, 2), (4, 2880, 1),
 ]
 
-# ddpm-cifar10-p50: svs.pruning.pruned_ddpm_cifar10(0.5) (seed 0), same selection; used when
+# ddpm-cifar10-p50: svs.experiments.pruning.pruned_ddpm_cifar10(0.5) (seed 0), same selection; used when
 # diffusers/torch-pruning are not installed (113 matrices, 18 shapes, largest 128 x 2304).
 DDPM_P50_FALLBACK = [
     (64, 27, 1), (256, 128, 1), (256, 256, 1), (64, 576, 8), (64, 256, 5), (128, 128, 24), (128, 576, 1),
@@ -100,9 +100,9 @@ def workload_shapes(name: str, args) -> Tuple[List[Tuple[int, int]], str]:
     if name == "ddpm-cifar10-p50":
         try:
             sys.path.insert(0, os.path.join(ROOT, "python"))
-            from svs.pruning import pruned_ddpm_cifar10
+            from svs.experiments.pruning import pruned_ddpm_cifar10
 
-            return _selected_shapes(pruned_ddpm_cifar10(0.5)), "svs.pruning.pruned_ddpm_cifar10(0.5)"
+            return _selected_shapes(pruned_ddpm_cifar10(0.5)), "svs.experiments.pruning.pruned_ddpm_cifar10(0.5)"
         except Exception as e:
             shapes = [(m, n) for m, n, c in DDPM_P50_FALLBACK for _ in range(c)]
             return shapes, f"built-in list (pruning unavailable: {e!r})"

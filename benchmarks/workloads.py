@@ -19,7 +19,7 @@ Independent rotated copies for timing (`rotated_copy`) are exact orthogonal tran
 Generated float32 matrices have singular values equal to s to about 1e-6 * s_max.
 
 Workloads (`WORKLOADS`, `get_workload(name)`):
-  ddpm-cifar10-p30/p50/p70  svs.pruning.pruned_ddpm_cifar10(ratio): named_parameters with
+  ddpm-cifar10-p30/p50/p70  svs.experiments.pruning.pruned_ddpm_cifar10(ratio): named_parameters with
                             'weight' in the name, ndim >= 2, no 'norm'; plus their biases.
   stylegan2-base / -small   the StyleGAN2 synthesis network at 256x256 (stylegan2-ada-pytorch /
                             official config-f layout, skip architecture), 70 % channel sparsity.
@@ -286,7 +286,7 @@ def dist_version(dist: str) -> Optional[str]:
 
 def _ddpm_named_shapes(ratio: float) -> List[Tuple[str, Shape]]:
     def build():
-        from svs.pruning import pruned_ddpm_cifar10
+        from svs.experiments.pruning import pruned_ddpm_cifar10
 
         model = pruned_ddpm_cifar10(ratio)
         return [(n, tuple(p.shape)) for n, p in model.named_parameters()]

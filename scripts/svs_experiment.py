@@ -13,7 +13,6 @@ run in docs/results/svs_experiment/runs/ (runs already there are skipped, so it 
 import argparse
 import itertools
 import json
-import os
 import time
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def jobs(plan: dict, seeds, variant_override=None):
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     from svs.io import atomic_write
-    from svs.pipelines import Evaluator, TrainConfig, digits, load_model, student, train_ddpm
+    from svs.experiments.pipelines import Evaluator, TrainConfig, digits, load_model, student, train_ddpm
 
     torch.set_num_threads(args.threads)
     plan = PLANS[args.plan]
@@ -88,86 +87,170 @@ def run(args: argparse.Namespace) -> None:
         print(f"{name}: FID {last['fid']:.2f} SSIM {last['ssim']:.3f} ({result['seconds']} s)", flush=True)
 
 
+LABELS = {"pruned": "pruned", "reset": "pruned + GN reset", "svs-keepnorm": "pruned + SVS (GN kept)",
+          "svs": "pruned + SVS + GN reset (authors')", "random": "random init"}
+BEGIN, END = "<!-- tables: scripts/svs_experiment.py report -->", "<!-- end of tables -->"
+
+
+def _ms(values, digits=2) -> str:
+    """mean +- sample std (n - 1), or the value alone for one run."""
+    a = np.asarray(values, dtype=float)
+    return f"{a.mean():.{digits}f} +- {a.std(ddof=1):.{digits}f}" if len(a) > 1 else f"{a.mean():.{digits}f}"
+
+
+def _fid_at(run: dict, step: int) -> float:
+    return next(e["fid"] for e in run["eval"] if e["step"] == step)
+
+
+def _select(runs, **want):
+    return sorted((r for r in runs if all(r.get(k) == v for k, v in want.items())), key=lambda r: r["seed"])
+
+
+def _paired(runs, base, **want) -> str:
+    """FID at the end minus the same seed's ``base`` variant (same pruning, same data order)."""
+    other = {r["seed"]: r["eval"][-1]["fid"] for r in _select(runs, variant=base, **{k: v for k, v in want.items() if k != "variant"})}
+    diffs = [r["eval"][-1]["fid"] - other[r["seed"]] for r in _select(runs, **want) if r["seed"] in other]
+    return _ms(diffs) if diffs else "-"
+
+
 def report(args: argparse.Namespace) -> None:
-    OUT = Path(args.out)
-    import matplotlib
+    """Tables and figures of every run in OUT/runs: results.md's table section is rewritten, the
+    text around it is kept; the figures are redrawn."""
+    from svs.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = [json.loads(p.read_text()) for p in sorted((OUT / "runs").glob("*.json"))]
+    out = Path(args.out)
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
     if not runs:
-        raise SystemExit("no runs yet")
-    ratios = sorted({r["ratio"] for r in runs})
+        raise SystemExit(f"no runs in {out / 'runs'}")
+    for r in runs:  # runs of the first experiment predate these fields
+        r.setdefault("importance", "taylor"), r.setdefault("map", "sqrt"), r.setdefault("steps", 800)
     teacher = runs[0]["teacher_eval"]
     cfg = runs[0]["config"]
-    lines = [
-        "# SVS on the bundled digits DDPM: pruned vs pruned + SVS vs random init",
-        "",
-        f"Teacher: FID {teacher['fid']:.2f}, confidence {teacher['confidence']:.3f}. Fine-tuning: "
-        f"{cfg['steps']} steps, batch {cfg['batch_size']}, lr {cfg['lr']}, EMA; {cfg['importance']} pruning; "
-        f"evaluation on {cfg['eval_samples']} DDIM-{cfg['ddim_steps']} samples from one fixed noise. "
-        "mean +- std over seeds; FID lower is better, SSIM (to the teacher's samples from the same "
-        "noise) higher is better.",
-        "",
-        "| sparsity | variant | params | seeds | FID at end | FID at 25 % of steps | SSIM at end | confidence at end | loss at end |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    plt = pyplot()
+    lines = [BEGIN, "",
+             f"Teacher: FID {teacher['fid']:.2f}, confidence {teacher['confidence']:.3f}. Every run: batch "
+             f"{cfg['batch_size']}, lr {cfg['lr']}, EMA; FID on {cfg['eval_samples']} DDIM-{cfg['ddim_steps']} "
+             "samples from one fixed noise (bundled classifier's features, lower is better), SSIM to the "
+             "teacher's samples from the same noise (higher is better). mean +- std over seeds; "
+             "\"paired\" differences subtract the same seed's plain pruned run (same pruned weights, same "
+             "data order), which removes most of the seed-to-seed spread.", ""]
 
-    def stat(values):
-        a = np.asarray(values, dtype=float)
-        return f"{a.mean():.2f} +- {a.std(ddof=1) if len(a) > 1 else 0:.2f}"
-
-    def stat3(values):
-        a = np.asarray(values, dtype=float)
-        return f"{a.mean():.3f} +- {a.std(ddof=1) if len(a) > 1 else 0:.3f}"
-
-    fig, axes = plt.subplots(1, len(ratios), figsize=(4.2 * len(ratios), 3.4), dpi=120, squeeze=False)
-    for ax, ratio in zip(axes[0], ratios):
-        for variant in VARIANTS:
-            rs = [r for r in runs if r["ratio"] == ratio and r["variant"] == variant]
+    # 1. the ablation: criterion x sparsity x variant at 800 steps
+    short = [r for r in runs if r["steps"] == 800 and r["map"] == "sqrt"]
+    lines += ["## 1. SVS and the GroupNorm reset, separated (800 steps)", "",
+              "| criterion | sparsity | variant | seeds | FID at end | paired vs pruned | FID at 200 steps | SSIM at end | confidence |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    cells = sorted({(r["importance"], r["ratio"]) for r in short}, key=lambda c: (c[0] != "taylor", c[0], c[1]))
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.6), dpi=110, squeeze=False)
+    for ax, (imp, ratio) in zip(axes[0], cells):
+        for variant in ABLATION:
+            rs = _select(short, importance=imp, ratio=ratio, variant=variant)
             if not rs:
                 continue
-            quarter = [next(e for e in r["eval"] if e["step"] >= cfg["steps"] // 4)["fid"] for r in rs]
-            lines.append(
-                f"| {ratio:.0%} | {variant} | {rs[0]['params']:,} | {len(rs)} | {stat([r['eval'][-1]['fid'] for r in rs])} | "
-                f"{stat(quarter)} | {stat3([r['eval'][-1]['ssim'] for r in rs])} | "
-                f"{stat3([r['eval'][-1]['confidence'] for r in rs])} | {stat3([r['loss'][-1]['loss'] if r['loss'] else float('nan') for r in rs])} |")
-            steps = [e["step"] for e in rs[0]["eval"]]
+            lines.append(f"| {imp} | {ratio:.0%} | {LABELS[variant]} | {len(rs)} | {_ms([r['eval'][-1]['fid'] for r in rs])} | "
+                         f"{_paired(short, 'pruned', importance=imp, ratio=ratio, variant=variant) if variant != 'pruned' else ''} | "
+                         f"{_ms([_fid_at(r, 200) for r in rs])} | {_ms([r['eval'][-1]['ssim'] for r in rs], 3)} | "
+                         f"{_ms([r['eval'][-1]['confidence'] for r in rs], 3)} |")
             fids = np.array([[e["fid"] for e in r["eval"]] for r in rs])
-            ax.errorbar(steps, fids.mean(0), yerr=fids.std(0), label=variant, capsize=2)
+            ax.errorbar([e["step"] for e in rs[0]["eval"]], fids.mean(0), yerr=fids.std(0), label=LABELS[variant], capsize=2)
         ax.axhline(teacher["fid"], color="gray", linestyle=":", label="teacher")
-        ax.set_yscale("log")
-        ax.set_title(f"sparsity {ratio:.0%}")
-        ax.set_xlabel("fine-tuning step")
-        ax.set_ylabel("FID (classifier features)")
-        ax.legend()
+        ax.set(yscale="log", title=f"{imp}, sparsity {ratio:.0%}", xlabel="fine-tuning step", ylabel="FID")
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(OUT / "fid_vs_steps.png")
-    spectra_plots(ratios, cfg["importance"], OUT)
-    lines += ["", "Singular values before/after SVS (the paper's Figure 1(b)): "
-              + ", ".join(f"`spectrum_p{round(r * 100)}.png`" for r in ratios) + "; FID along fine-tuning: `fid_vs_steps.png`."]
-    (OUT / "results.md").write_text("\n".join(lines) + "\n")
+    fig.savefig(out / "fid_vs_steps.png")
+    plt.close(fig)
+    lines += ["", "FID along fine-tuning: `fid_vs_steps.png`.", ""]
+
+    # 2. the longer budget
+    long = [r for r in runs if r["steps"] > 800]
+    if long:
+        steps = [e["step"] for e in long[0]["eval"]]
+        shown = [st for st in steps if st in (800, steps[-1] // 2, steps[-1])]
+        lines += [f"## 2. A longer budget ({steps[-1]} steps, taylor, 50 %)", "",
+                  "| variant | seeds | " + " | ".join(f"FID at {st}" for st in shown) + " | paired vs pruned at end |",
+                  "|---|---:|" + "---:|" * (len(shown) + 1)]
+        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+        for variant in ABLATION:
+            rs = _select(long, variant=variant)
+            if rs:
+                lines.append(f"| {LABELS[variant]} | {len(rs)} | " + " | ".join(_ms([_fid_at(r, st) for r in rs]) for st in shown)
+                             + f" | {_paired(long, 'pruned', variant=variant) if variant != 'pruned' else ''} |")
+                fids = np.array([[e["fid"] for e in r["eval"]] for r in rs])
+                ax.errorbar(steps, fids.mean(0), yerr=fids.std(0), label=LABELS[variant], capsize=2)
+        ax.axhline(teacher["fid"], color="gray", linestyle=":", label="teacher")
+        ax.set(yscale="log", xlabel="fine-tuning step", ylabel="FID", title=f"taylor, sparsity 50 %, {steps[-1]} steps")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "fid_long.png")
+        plt.close(fig)
+        lines += ["", "Curves: `fid_long.png`.", ""]
+
+    # 3. the maps
+    maps = [r for r in runs if r["steps"] == 800 and r["importance"] == "taylor" and r["ratio"] == 0.5
+            and r["variant"].startswith("svs")]
+    mapped = sorted({(r["variant"], r["map"]) for r in maps if r["map"] != "sqrt"})
+    if mapped:
+        variant = mapped[0][0]
+        lines += [f"## 3. The map f (taylor, 50 %, {LABELS[variant]}, 800 steps)", "",
+                  "| map | seeds | FID at end | paired vs pruned | FID at 200 steps | SSIM at end |", "|---|---:|---:|---:|---:|---:|"]
+        for m in PLANS["maps"]["maps"]:
+            rs = _select(maps, variant=variant, map=m)
+            if rs:
+                paired = {r["seed"]: r["eval"][-1]["fid"] for r in _select(short, importance="taylor", ratio=0.5, variant="pruned")}
+                diffs = [r["eval"][-1]["fid"] - paired[r["seed"]] for r in rs if r["seed"] in paired]
+                lines.append(f"| {m} | {len(rs)} | {_ms([r['eval'][-1]['fid'] for r in rs])} | {_ms(diffs) if diffs else '-'} | "
+                             f"{_ms([_fid_at(r, 200) for r in rs])} | {_ms([r['eval'][-1]['ssim'] for r in rs], 3)} |")
+        lines.append("")
+
+    # 4. the spectra
+    lines += ["## 4. The spectra of the pruned weights", "", *spectra_table(cells, out), ""]
+    lines.append(END)
+    path = out / "results.md"
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END):]
+    else:
+        text = text + "\n".join(lines) + "\n"
+    path.write_text(text)
     print("\n".join(lines))
 
 
-def spectra_plots(ratios, importance: str, out: Path) -> None:
-    """Singular values of the pruned teacher's weights before and after SVS, per sparsity."""
-    import copy
+def spectra_table(cells, out: Path) -> list:
+    """Per (criterion, sparsity): over the weights SVS touches, the condition number s_max / s_min
+    (over the numerical rank) and the top singular value's share of the squared Frobenius norm,
+    before and after SVS (sqrt), next to the teacher's; plus the histogram figure of each cell.
+    The spectra are the operator's own (svs.refine_with_spectra: zero below the rank tolerance)."""
+    from svs import map_spectrum, refine_with_spectra, select
+    from svs.experiments.pipelines import digits, load_teacher, student
+    from svs.plots import plot_spectra
+    from svs.presets import Role
 
-    from svs import refine_model
-    from svs.pipelines import digits, load_teacher, student
-    from svs.spectrum import plot_spectra, singular_values
+    def spectra(model):
+        roles = select(dict(model.named_parameters()), "ddpm")
+        weights = [model.get_parameter(n).detach() for n, r in roles.items() if r is Role.WEIGHT]
+        return refine_with_spectra(weights)[2]
+
+    def stats(values):
+        kappa = [float(s[0] / s[s > 0][-1]) for s in values]
+        share = [float(s[0] ** 2 / (s ** 2).sum()) for s in values]
+        return (f"{np.median(kappa):.3g} [{np.percentile(kappa, 10):.3g}, {np.percentile(kappa, 90):.3g}]",
+                f"{np.median(share):.3f} [{np.percentile(share, 10):.3f}, {np.percentile(share, 90):.3f}]")
 
     teacher, images = load_teacher(), digits()[0]
-    for ratio in ratios:
-        pruned = student(teacher, ratio, "pruned", importance=importance, seed=0, images=images)
-        refined = copy.deepcopy(pruned)
-        names = [r.name for r in refine_model(refined, preset="ddpm", stats=False).weights]
-        before = singular_values([dict(pruned.named_parameters())[n] for n in names])
-        after = singular_values([dict(refined.named_parameters())[n] for n in names])
-        plot_spectra({"pruned": before, "pruned + SVS": after}, str(out / f"spectrum_p{round(ratio * 100)}.png"),
-                     title=f"digits teacher pruned {ratio:.0%}: {len(names)} weights")
+    rows = ["Median and [10th, 90th percentile] over the weights SVS refines; kappa = s_max / s_min over "
+            "the singular values above the rank tolerance; share = s_1^2 / sum s_i^2 (how dominant the "
+            "top singular value is). After SVS the spectrum is sqrt(s).", "",
+            "| model | weights | kappa | share of s_1 | kappa after SVS | share after SVS |", "|---|---:|---:|---:|---:|---:|"]
+    base = spectra(teacher)
+    rows.append(f"| teacher | {len(base)} | {' | '.join(stats(base))} | {' | '.join(stats([map_spectrum(s) for s in base]))} |")
+    for imp, ratio in cells:
+        before = spectra(student(teacher, ratio, "pruned", importance=imp, seed=0, images=images))
+        after = [map_spectrum(s) for s in before]
+        rows.append(f"| {imp} {ratio:.0%} (seed 0) | {len(before)} | {' | '.join(stats(before))} | {' | '.join(stats(after))} |")
+        plot_spectra({"pruned": before, "pruned + SVS": after}, str(out / f"spectrum_{imp}_p{round(ratio * 100)}.png"),
+                     title=f"digits teacher, {imp} {ratio:.0%}: {len(before)} weights")
+    rows += ["", "Histograms: " + ", ".join(f"`spectrum_{imp}_p{round(r * 100)}.png`" for imp, r in cells) + "."]
+    return rows
 
 
 def main() -> None:

@@ -1,11 +1,11 @@
-"""Trains the digit classifier whose features ``svs.metrics`` uses for FID and recognisability.
+"""Trains the digit classifier whose features ``svs.experiments.metrics`` uses for FID and recognisability.
 
     .venv/bin/python scripts/train_classifier.py --epochs 40 --seed 0
 
-A stratified 20% of scikit-learn's digits (``svs.metrics.digits_split``, same seed) is held out
+A stratified 20% of scikit-learn's digits (``svs.experiments.metrics.digits_split``, same seed) is held out
 for the test accuracy. Augmentation: each training image is shifted by a random -1/0/+1 pixel in
 x and y (background -1 filled in). One CPU thread, well under 2 minutes. Writes
-python/svs/assets/digits_classifier.safetensors and digits_classifier.json.
+python/svs/experiments/assets/digits_classifier.safetensors and digits_classifier.json.
 """
 import argparse
 import json
@@ -48,8 +48,8 @@ def main() -> None:
     from safetensors.torch import save_file
 
     from svs.io import atomic_write
-    from svs.metrics import DigitClassifier, digits_split
-    from svs.pipelines import digits
+    from svs.experiments.metrics import DigitClassifier, digits_split
+    from svs.experiments.data import digits
 
     start = time.time()
     images, labels = digits()
@@ -80,13 +80,13 @@ def main() -> None:
 
     test_acc = accuracy(model, xte, yte)
     train_acc = accuracy(model, xtr, ytr)
-    assets = ROOT / "python" / "svs" / "assets"
+    assets = ROOT / "python" / "svs" / "experiments" / "assets"
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(assets / "digits_classifier.safetensors", lambda tmp: save_file(state, tmp))
     meta = {
         "command": " ".join([".venv/bin/python", "scripts/train_classifier.py"] + sys.argv[1:]),
         "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-        "split": {"function": "svs.metrics.digits_split", "test_fraction": 0.2, "seed": args.seed,
+        "split": {"function": "svs.experiments.metrics.digits_split", "test_fraction": 0.2, "seed": args.seed,
                   "train": len(train_idx), "test": len(test_idx)},
         "augmentation": "random shift by -1/0/+1 px in x and y, background -1",
         "test_accuracy": round(test_acc, 4), "train_accuracy": round(train_acc, 4),

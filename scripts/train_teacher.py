@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/train_teacher.py --steps 9000 --batch-size 64 --lr 3e-4 --seed 0
 
-Writes python/svs/assets/digits_teacher.safetensors (EMA weights), digits_teacher.json (config,
+Writes python/svs/experiments/assets/digits_teacher.safetensors (EMA weights), digits_teacher.json (config,
 command, loss history) and docs/results/teacher_samples.png. Resumable: rerunning the same command
 continues from .cache/teacher.ckpt.
 """
@@ -28,8 +28,8 @@ def main() -> None:
     from safetensors.torch import save_file
 
     from svs.io import atomic_write
-    from svs.pipelines import TEACHER_CONFIG, TrainConfig, build_teacher, digits, sample_ddim
-    from svs.spectrum import save_image_grid
+    from svs.experiments.pipelines import TEACHER_CONFIG, TrainConfig, build_teacher, digits, sample_ddim
+    from svs.plots import save_image_grid
 
     torch.manual_seed(args.seed)
     images, _ = digits()
@@ -37,12 +37,12 @@ def main() -> None:
     start = time.time()
     ckpt = ROOT / ".cache" / "teacher.ckpt"
     ckpt.parent.mkdir(exist_ok=True)
-    from svs.pipelines import train_ddpm
+    from svs.experiments.pipelines import train_ddpm
 
     history = train_ddpm(model, images, TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                                     seed=args.seed, log_every=100, checkpoint_every=250),
                          checkpoint=ckpt)
-    assets = ROOT / "python" / "svs" / "assets"
+    assets = ROOT / "python" / "svs" / "experiments" / "assets"
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(assets / "digits_teacher.safetensors", lambda tmp: save_file(state, tmp))
     meta = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in TEACHER_CONFIG.items()},

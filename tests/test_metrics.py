@@ -1,4 +1,4 @@
-"""svs.metrics: the bundled digit classifier, Frechet distance / digits FID, recognisability and SSIM.
+"""svs.experiments.metrics: the bundled digit classifier, Frechet distance / digits FID, recognisability and SSIM.
 CPU only, one thread, a few seconds in all."""
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from svs.metrics import (
+from svs.experiments.metrics import (
     digits_fid,
     digits_split,
     frechet_distance,
@@ -16,7 +16,7 @@ from svs.metrics import (
     ssim,
     ssim_per_image,
 )
-from svs.pipelines import digits
+from svs.experiments.data import digits
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def authors_ddpm_reference(model: nn.Module) -> dict:
 
 @pytest.fixture(scope="module")
 def pruned_ddpm():
-    from svs.pruning import pruned_ddpm_cifar10
+    from svs.experiments.pruning import pruned_ddpm_cifar10
 
     return pruned_ddpm_cifar10(0.5, seed=1)
 
@@ -42,7 +42,9 @@ def test_ddpm_preset_matches_authors_rules_parameter_by_parameter(pruned_ddpm):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     expected = authors_ddpm_reference(model)
     report = svs.refine_model(model, preset="ddpm")
-    assert len(report.weights) == 113 and len(report.biases) == 113
+    # counted from the model itself (diffusers' UNet layout, not a number that holds for one version)
+    weights = [n for n in expected if n.endswith("weight") and "norm" not in n]
+    assert len(report.weights) == len(weights) > 100 and len(report.biases) == len(weights)
     for name, p in model.named_parameters():
         if name in expected:
             assert_matches(p.detach(), expected[name])

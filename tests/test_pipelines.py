@@ -10,8 +10,8 @@ pytest.importorskip("sklearn")
 
 import svs  # noqa: E402
 from svs.cli import main  # noqa: E402
-from svs.pipelines import TrainConfig, build_teacher, digits, sample_ddim, student, train_ddpm  # noqa: E402
-from svs.pruning import prune_unet  # noqa: E402
+from svs.experiments.pipelines import TrainConfig, build_teacher, digits, sample_ddim, student, train_ddpm  # noqa: E402
+from svs.experiments.pruning import prune_unet  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -358,7 +358,7 @@ def cmd_refine_dir(args: Any) -> int:
     runs it and refines its share, and rank 0 prints."""
     import sys
 
-    from .cli import check_output
+    from .cli_common import check_output
     from .distributed import from_env
 
     if not args.dry_run and not args.output:

@@ -1,26 +1,20 @@
-"""The paper's pipeline on data that ships with a PyPI package: a teacher DDPM on scikit-learn's
-handwritten digits -> structural pruning -> optional SVS -> fine-tuning -> DDIM sampling.
-
-scikit-learn's digits (1,797 real 8x8 scans of handwritten digits, 17 gray levels, in the wheel
-itself) are the only real image set reachable offline here that is both small enough for CPU
-training in minutes and structured enough that a sample is recognisable or not; they are
-upsampled to 16x16 (bilinear) so the UNet has two downsampling levels as CIFAR's does.
-"""
+"""The paper's pipeline on the bundled digits: a teacher DDPM -> structural pruning -> optional SVS
+-> fine-tuning -> DDIM sampling, and the evaluator that scores the samples."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import os
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGE_SIZE = 16
+from ..io import CheckpointError, atomic_write, load
+from ..model import refine_model
+from .data import ASSETS, IMAGE_SIZE, digits
+from .metrics import classifier_features, frechet_distance, load_classifier, recognisability, ssim
+from .pruning import prune_unet
 
 # A scaled-down CIFAR-style DDPM UNet (same block types and order as google/ddpm-cifar10-32).
 TEACHER_CONFIG: Dict[str, Any] = dict(
@@ -40,16 +34,6 @@ TEACHER_CONFIG: Dict[str, Any] = dict(
     act_fn="silu",
 )
 TRAIN_TIMESTEPS = 1000
-
-
-def digits(size: int = IMAGE_SIZE) -> tuple:
-    """(images in [-1, 1] of shape (1797, 1, size, size), labels) from scikit-learn."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return x * 2 - 1, torch.tensor(d.target)
 
 
 def build_teacher(seed: int = 0) -> nn.Module:
@@ -96,7 +80,6 @@ def train_ddpm(
 
     from tqdm.auto import tqdm
 
-    from .io import atomic_write, load
 
     sched = scheduler()
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -174,7 +157,6 @@ def sample_ddim(model: nn.Module, n: int, steps: int = 50, seed: int = 0, noise:
     return torch.cat(out)
 
 
-ASSETS = Path(__file__).resolve().parent / "assets"
 TEACHER_WEIGHTS = ASSETS / "digits_teacher.safetensors"
 
 
@@ -193,18 +175,16 @@ def load_model(spec: str, trust_pickle: bool = False) -> nn.Module:
     """``teacher`` (the bundled one) or a checkpoint path: a pickled module as such (only with
     ``trust_pickle``, see :func:`svs.io.load`), a state dict or safetensors file with the
     teacher's architecture."""
-    from . import io
-
     if spec == "teacher":
         return load_teacher()
-    ckpt = io.load(spec, trust_pickle=trust_pickle)
+    ckpt = load(spec, trust_pickle=trust_pickle)
     if isinstance(ckpt.obj, nn.Module):
         return ckpt.obj
     model = build_teacher()
     try:
         model.load_state_dict(ckpt.obj)
     except RuntimeError as err:
-        raise io.CheckpointError(
+        raise CheckpointError(
             f"{spec} does not hold the bundled teacher's architecture (a pruned model is a whole pickled "
             f"module, as svs prune writes it): {str(err).splitlines()[0]}"
         ) from err
@@ -231,7 +211,7 @@ VARIANTS = {
 
 def reset_norms(model: nn.Module) -> nn.Module:
     """Every norm layer's scale to 1 and shift to 0 (the ``ddpm`` preset's reset, without SVS)."""
-    from .presets import Role, select
+    from ..presets import Role, select
 
     with torch.no_grad():
         for name, role in select(dict(model.named_parameters()), "ddpm").items():
@@ -245,9 +225,6 @@ def student(teacher: nn.Module, ratio: float, variant: str, importance: str = "t
     """A pruned copy of ``teacher`` prepared as ``variant`` (one of :data:`VARIANTS`); ``map`` is
     the SVS map of the ``svs`` variants."""
     import copy
-
-    from .model import refine_model
-    from .pruning import prune_unet
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
@@ -271,8 +248,6 @@ class Evaluator:
     classifier's confidence and class entropy. Call it as ``evaluator(model, step)``."""
 
     def __init__(self, teacher: nn.Module, n: int = 512, ddim_steps: int = 25, seed: int = 1234):
-        from .metrics import classifier_features, load_classifier
-
         self.classifier = load_classifier()
         self.real_features = classifier_features(digits()[0], self.classifier)
         self.noise = torch.randn((n, 1, IMAGE_SIZE, IMAGE_SIZE), generator=torch.Generator().manual_seed(seed))
@@ -280,8 +255,6 @@ class Evaluator:
         self.teacher_samples = sample_ddim(teacher, n, steps=ddim_steps, noise=self.noise)
 
     def __call__(self, model: nn.Module, step: int = 0) -> Dict[str, float]:
-        from .metrics import classifier_features, frechet_distance, recognisability, ssim
-
         x = sample_ddim(model, len(self.noise), steps=self.ddim_steps, noise=self.noise)
         rec = recognisability(x, self.classifier)
         return {"fid": frechet_distance(classifier_features(x, self.classifier), self.real_features),

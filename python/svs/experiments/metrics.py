@@ -1,4 +1,4 @@
-"""Scores for samples of the digits DDPMs (see ``svs.pipelines``): FID in the feature space of a
+"""Scores for samples of the digits DDPMs (see ``svs.experiments.pipelines``): FID in the feature space of a
 small digit classifier, recognisability (confidence and class coverage), and SSIM.
 
 Inception-v3 FID does not fit here: its weights are not reachable offline, and it expects 299x299
@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+from .data import ASSETS, digits
+
 CLASSIFIER_WEIGHTS = ASSETS / "digits_classifier.safetensors"
 FEATURE_DIM = 64
 NUM_CLASSES = 10
@@ -116,11 +117,9 @@ def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
 def digits_fid(samples: torch.Tensor, reference: Optional[torch.Tensor] = None,
                classifier: Optional[nn.Module] = None) -> float:
     """FID between ``samples`` (N, 1, 16, 16) in [-1, 1] and ``reference`` (default: all 1,797 real
-    digits from ``svs.pipelines.digits``) in the bundled classifier's 64-d feature space.
+    digits from ``svs.experiments.data.digits``) in the bundled classifier's 64-d feature space.
     Like any FID it is biased upwards for small N: compare runs at equal sample counts."""
     if reference is None:
-        from .pipelines import digits
-
         reference = digits()[0]
     classifier = classifier if classifier is not None else load_classifier()
     return frechet_distance(classifier_features(samples, classifier), classifier_features(reference, classifier))

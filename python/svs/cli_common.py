@@ -1,0 +1,44 @@
+"""What the ``svs`` subcommands share: the error for a user's mistake, the checks of an output path
+made before any work, and when to show progress."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+class UsageError(Exception):
+    """A mistake in what the user typed, found by the command itself."""
+
+
+def progress_default() -> bool:
+    """Progress bars only on a terminal (not in logs or pipes)."""
+    return sys.stderr.isatty()
+
+
+def check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:
+    """Refuses, before any work, an output that is an input, exists without ``force``, is a
+    folder, or cannot be created."""
+    for src in inputs:
+        if path.exists() and Path(src).exists() and os.path.samefile(path, src):
+            raise UsageError(f"refusing to overwrite the input {src}; choose another output")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name")
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; pass --force to replace it")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {path}: folder {folder} is not writable")
+
+
+def check_image(path: Path) -> None:
+    """Refuses, before any work, an image path whose suffix matplotlib cannot write."""
+    from .plots import check_image_path
+
+    try:
+        check_image_path(path)
+    except ValueError as err:
+        raise UsageError(str(err)) from None

@@ -37,6 +37,9 @@ OPERATORS = {
     "svs::refine_": "composite",
     "svs::_map_spectrum": "composite",
     "svs::_route_names": "composite",
+    "svs::_map_names": "composite",
+    "svs::_parse_map": "composite",
+    "svs::_method_names": "composite",
     "svs::_reconstruct": "triton",
 }
 WHEEL_LIBS = ("libcusolver.so", "libcublas.so")

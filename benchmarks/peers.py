@@ -5,15 +5,12 @@ workload (float32, original shapes, on the benchmark device): each weight W is f
 M = (shape[0], -1), replaced by U sqrt(S) V^T and reshaped back; each bias b by
 b / sqrt(||b||_2 + 1e-8). `peers_for(device)` lists them with the reason a peer cannot run.
 
-Our routes: ROUTES below is the one place that lists the `method=` values of torch.ops.svs.refine
-per device. At run time the list is checked against the build: the operator's error message for
-an unknown method names the accepted ones ("... expected auto, svd or gram"); accepted methods
-missing from ROUTES are added, listed ones the build rejects are reported as skipped.
+Our routes: one peer per `method=` value of torch.ops.svs.refine on the device, as the build
+reports them (torch.ops.svs._method_names, the list each device's kernel checks `method=` against).
 """
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -23,12 +20,6 @@ from .workloads import group_by_shape
 Tensors = List[torch.Tensor]
 OptTensors = List[Optional[torch.Tensor]]
 PeerFn = Callable[[Sequence[torch.Tensor], Sequence[Optional[torch.Tensor]]], Tuple[Tensors, OptTensors]]
-
-# method= values of torch.ops.svs.refine per device: THE list (see the module docstring).
-ROUTES: Dict[str, Tuple[str, ...]] = {
-    "cpu": ("auto", "gram", "svd", "aten"),
-    "cuda": ("auto", "jacobi", "gram", "svd", "aten"),
-}
 
 BIAS_EPS = 1e-8
 BASELINE = "torch.linalg.svd per layer"  # the speedup column is relative to this peer
@@ -53,7 +44,7 @@ def _scale_bias(b: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 # Peers
 # --------------------------------------------------------------------------------------------
 def authors_numpy_loop(weights, biases):
-    """The authors' loop (LAIT-CVLab/Singular-Value-Scaling): per parameter, to numpy on the CPU,
+    """The authors' loop (their released SVS code, benchmarks/README.md): per parameter, to numpy on the CPU,
     float32 thin SVD, U * sqrt(S) @ Vt, back to a tensor on the parameter's device."""
     import numpy as np
 
@@ -123,44 +114,26 @@ def load_ops() -> Optional[str]:
     return None
 
 
-def _probe_methods(device: str) -> Tuple[Optional[List[str]], str]:
-    """Asks the operator which methods it accepts on `device` (parses its error message)."""
-    w = [torch.ones(2, 2, device=device)]
-    try:
-        torch.ops.svs.refine(w, [None], "sqrt", BIAS_EPS, "__svs_bench_probe__")
-    except Exception as e:  # the operator's TORCH_CHECK arrives as RuntimeError
-        msg = str(e).splitlines()[0] if str(e) else repr(e)
-        m = re.search(r"expected(?: one of)?[:\s]+(.*)$", msg)
-        if m:
-            names = [t for t in re.split(r"[\s,;/|]+|\bor\b|\band\b", m.group(1).strip(" .'\""))
-                     if re.fullmatch(r"[A-Za-z0-9_:+\-]+", t or "") and t not in ("or", "and")]
-            if names:
-                return names, msg
-        return None, msg
-    return None, "the operator accepted an unknown method"
+def routes(device: str) -> Tuple[str, ...]:
+    """The `method=` values of torch.ops.svs.refine on `device` ('cpu' or 'cuda') in this build;
+    () where svs_kernels does not import or has no kernel for the device."""
+    if load_ops():
+        return ()
+    return tuple(torch.ops.svs._method_names(device))
 
 
 def our_routes(device: str) -> List[Peer]:
-    listed = ROUTES.get(device, ())
     why = load_ops()
     if why:
-        return [Peer(f"svs.refine {m}", None, why, ours=True) for m in listed]
-    if device == "cuda":
-        import svs_kernels
+        return [Peer("svs.refine", None, why, ours=True)]
+    methods = routes(device)
+    if not methods:
+        return [Peer("svs.refine", None, f"this build of svs_kernels has no {device} kernel", ours=True)]
+    return [Peer(f"svs.refine {m}", refine_route(m), ours=True) for m in methods]
 
-        if not svs_kernels.has_cuda_kernel():
-            return [Peer(f"svs.refine {m}", None, "this build of svs_kernels has no CUDA kernel", ours=True)
-                    for m in listed]
-    accepted, msg = _probe_methods(device)
-    methods = list(listed) + [m for m in (accepted or []) if m not in listed]
-    peers = []
-    for m in methods:
-        skip = None
-        if accepted is not None and m not in accepted:
-            skip = f"method not accepted by this build ({msg})"
-        note = "" if m in listed else "accepted by the build, not listed in benchmarks.peers.ROUTES"
-        peers.append(Peer(f"svs.refine {m}", refine_route(m), skip, note, ours=True))
-    return peers
+
+# The `method=` values per device, as the build reports them (what the results record).
+ROUTES: Dict[str, Tuple[str, ...]] = {device: routes(device) for device in ("cpu", "cuda")}
 
 
 def _cupy_skip() -> Optional[str]:

@@ -14,8 +14,11 @@ namespace svs {
 // ~1e-10) is redone with an exact SVD.
 constexpr double kGramMaxEigenRatio = 1e8;
 
-// Relative threshold (times s_max) below which a singular value counts as zero:
-// max(m, n) * eps, the usual numerical-rank tolerance (numpy.linalg.matrix_rank).
+constexpr double kEps64 = std::numeric_limits<double>::epsilon();
+
+// Relative threshold (times s_max) below which a singular value counts as zero: max(m, n) * eps,
+// the rounding error of a backward-stable SVD in precision eps, so a value under it carries no
+// information about W.
 inline double rank_tolerance(int64_t rows, int64_t cols, double eps) {
   return static_cast<double>(std::max(rows, cols)) * eps;
 }
@@ -23,7 +26,7 @@ inline double rank_tolerance(int64_t rows, int64_t cols, double eps) {
 // The same for singular values taken as sqrt of float64 Gram eigenvalues: eigenvalue noise is
 // ~max(m, n) * eps64 * l_max, so singular value noise is its square root.
 inline double gram_rank_tolerance(int64_t rows, int64_t cols) {
-  return std::sqrt(rank_tolerance(rows, cols, std::numeric_limits<double>::epsilon()));
+  return std::sqrt(rank_tolerance(rows, cols, kEps64));
 }
 
 // The route that decomposed a matrix, as svs::refine_with_spectra reports it per weight; the

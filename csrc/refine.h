@@ -25,7 +25,25 @@ struct SigmaMap {
   double power = 1.0;  // only for Kind::Power
 };
 
+// The name of each map, by Kind code: what map= takes, "power:<p>" standing for "power:" and a
+// finite number. The only list of them: parse_map reads it, svs::_map_names returns it to Python
+// (svs.MAPS), and the Triton kernels take the code (svs::_parse_map) as a compile-time constant.
+constexpr const char* kMapNames[] = {"sqrt", "log1p",    "abslog", "power:<p>",
+                                     "ones", "spectral", "square", "identity"};
+static_assert(sizeof(kMapNames) / sizeof(kMapNames[0]) == static_cast<size_t>(SigmaMap::Kind::Identity) + 1,
+              "one name per SigmaMap::Kind");
+
+// Raises "svs.refine: unknown map ..." (or, for "power:" and no finite number, "... needs a
+// finite number p ...") as a c10::Error.
 SigmaMap parse_map(const std::string& name);
+
+// The method= values the svs::refine kernel of a device accepts, in the order its error message
+// names them. Each device's kernel registers its list once, when the library loads, and checks
+// method= against it; svs::_method_names(device) returns it (empty for a device without a kernel).
+void register_methods(c10::DeviceType device, std::vector<std::string> names);
+// Raises a ValueError "svs.refine: method 'x' is not available on CPU; expected auto, ... or ..."
+// unless `method` is one of the device's registered methods.
+void check_method(c10::DeviceType device, const std::string& method);
 
 // Throws a c10::Error naming the offending index (weights[i] / biases[i]) for: an empty list,
 // a bias list of another length, ndim < 2, an empty or non-float tensor, NaN/Inf, a bias that is

@@ -8,20 +8,18 @@
 //   "gram" : eigh of the float64 Gram matrix on the short side G = M M^T (or M^T M),
 //            W' = Q g(L) Q^T M with g(l) = f(sqrt l) / sqrt l. About 3.5x faster than "svd" on
 //            CPU; its error grows like eps64 * kappa^1.5, so it is exact to ~1e-10 for kappa <= 1e4.
-//   "auto" : "gram", and "svd" for every matrix whose Gram spectrum shows kappa > 1e4
-//            (ill-conditioned or rank-deficient matrices; kGramMaxEigenRatio in constants.h).
+//   "auto" : "gram", and "svd" for every matrix whose Gram eigenvalues span more than
+//            kGramMaxEigenRatio (constants.h): ill-conditioned or rank-deficient matrices.
 #include "refine.h"
 
 #include <torch/library.h>
 
 #include <cmath>
-#include <limits>
 
 namespace svs {
 namespace {
 
 constexpr int64_t kChunkElements = int64_t{1} << 26;  // 512 MiB of float64 per batched call
-constexpr double kEps64 = std::numeric_limits<double>::epsilon();
 
 // A refined batch, the singular values of each matrix (descending, zero below the rank
 // tolerance) and the RouteCode of each.
@@ -75,8 +73,7 @@ RefineResult refine_cpu(at::TensorList weights, const OptionalTensorList& biases
                         c10::string_view map_name, double eps, c10::string_view method_view,
                         Spectra* spectra) {
   const std::string method(method_view);
-  TORCH_CHECK_VALUE(method == "auto" || method == "svd" || method == "gram" || method == "aten",
-                    "svs.refine: method '", method, "' is not available on CPU; expected auto, aten, svd or gram");
+  check_method(c10::DeviceType::CPU, method);
   const SigmaMap map = parse_map(std::string(map_name));
   check_inputs(weights, biases, eps);
   RefineResult result = refine_aten(weights, biases, map, eps, method == "aten" ? "auto" : method, spectra);
@@ -130,6 +127,7 @@ RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biase
 }
 
 TORCH_LIBRARY_IMPL(svs, CPU, m) {
+  register_methods(c10::DeviceType::CPU, {"auto", "aten", "svd", "gram"});
   m.impl("refine", &refine_kernel<refine_cpu>);
   m.impl("refine_with_spectra", &refine_with_spectra_kernel<refine_cpu>);
 }

@@ -4,19 +4,40 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
-#include <regex>
+#include <iterator>
 #include <limits>
+#include <regex>
+#include <tuple>
 
 namespace svs {
 
+namespace {
+
+// "a, b or c" (last == " or ") or "a, b, c" (last == ", ").
+template <typename Names>
+std::string joined(const Names& names, const char* last) {
+  std::string out;
+  const size_t n = std::size(names);
+  size_t i = 0;
+  for (const auto& name : names) {
+    if (i > 0) out += (i + 1 == n) ? last : ", ";
+    out += name;
+    ++i;
+  }
+  return out;
+}
+
+std::map<c10::DeviceType, std::vector<std::string>>& methods_by_device() {
+  static std::map<c10::DeviceType, std::vector<std::string>> methods;
+  return methods;
+}
+
+}  // namespace
+
 SigmaMap parse_map(const std::string& name) {
   using K = SigmaMap::Kind;
-  static const std::map<std::string, K> named = {
-      {"sqrt", K::Sqrt},   {"log1p", K::Log1p},       {"abslog", K::AbsLog}, {"ones", K::Ones},
-      {"spectral", K::Spectral}, {"square", K::Square}, {"identity", K::Identity}};
-  auto it = named.find(name);
-  if (it != named.end()) return {it->second, 1.0};
   const std::string prefix = "power:";
   if (name.rfind(prefix, 0) == 0) {
     const std::string text = name.substr(prefix.size());
@@ -30,8 +51,23 @@ SigmaMap parse_map(const std::string& name) {
                 "svs.refine: map 'power:<p>' needs a finite number p, got '", name, "'");
     return {K::Power, p};
   }
-  TORCH_CHECK(false, "svs.refine: unknown map '", name,
-              "'; expected one of sqrt, log1p, abslog, power:<p>, ones, spectral, square, identity");
+  for (size_t code = 0; code < std::size(kMapNames); ++code) {
+    if (static_cast<K>(code) != K::Power && name == kMapNames[code]) return {static_cast<K>(code), 1.0};
+  }
+  TORCH_CHECK(false, "svs.refine: unknown map '", name, "'; expected one of ", joined(kMapNames, ", "));
+}
+
+void register_methods(c10::DeviceType device, std::vector<std::string> names) {
+  methods_by_device()[device] = std::move(names);
+}
+
+void check_method(c10::DeviceType device, const std::string& method) {
+  const auto it = methods_by_device().find(device);
+  const std::vector<std::string> none;
+  const std::vector<std::string>& names = it == methods_by_device().end() ? none : it->second;
+  TORCH_CHECK_VALUE(std::find(names.begin(), names.end(), method) != names.end(), "svs.refine: method '",
+                    method, "' is not available on ", c10::DeviceTypeName(device), "; expected ",
+                    joined(names, " or "));
 }
 
 void check_inputs(at::TensorList weights, const OptionalTensorList& biases, double eps) {
@@ -213,6 +249,21 @@ RefineSpectraResult refine_with_spectra_no_kernel(at::TensorList weights, const 
 
 std::vector<std::string> route_names() { return {std::begin(kRouteNames), std::end(kRouteNames)}; }
 
+std::vector<std::string> map_names() { return {std::begin(kMapNames), std::end(kMapNames)}; }
+
+// (Kind code, power) of a map name, as the kernels parse it; raises parse_map's error.
+std::tuple<int64_t, double> parse_map_op(c10::string_view name) {
+  const SigmaMap map = parse_map(std::string(name));
+  return {static_cast<int64_t>(map.kind), map.power};
+}
+
+// The method= values of svs::refine on a device type ("cpu", "cuda", or a device such as
+// "cuda:0"): empty where this build has no kernel for it.
+std::vector<std::string> method_names(c10::string_view device) {
+  const auto it = methods_by_device().find(c10::Device(std::string(device)).type());
+  return it == methods_by_device().end() ? std::vector<std::string>() : it->second;
+}
+
 // The spectrum of a refined weight, from its singular values before (descending, zeros below the
 // rank tolerance; refine_with_spectra's spectra): f(s) sorted descending, zeros kept.
 at::Tensor map_spectrum(const at::Tensor& s, c10::string_view map_name) {
@@ -243,6 +294,11 @@ TORCH_LIBRARY(svs, m) {
       "refine_with_spectra(Tensor[] weights, Tensor?[] biases, str map=\"sqrt\", float eps=1e-08, "
       "str method=\"auto\") -> (Tensor[] weights, Tensor?[] biases, Tensor[] spectra, Tensor routes)");
   m.def("_route_names() -> str[]", &route_names);
+  // The map names by SigmaMap::Kind code, the (code, power) of one map name, and the method=
+  // values of a device type: Python reads these lists instead of repeating them.
+  m.def("_map_names() -> str[]", &map_names);
+  m.def("_parse_map(str map) -> (int, float)", &parse_map_op);
+  m.def("_method_names(str device) -> str[]", &method_names);
   m.def("_map_spectrum(Tensor s, str map=\"sqrt\") -> Tensor");
   m.def(
       "refine_(Tensor(a!)[] weights, Tensor(b!)?[] biases, str map=\"sqrt\", float eps=1e-08, "
@@ -250,8 +306,8 @@ TORCH_LIBRARY(svs, m) {
   // Internal: out[i] = U_i diag(f(s_i)) Vh_i for every i, with U_i (m_i, k_i), s_i (k_i),
   // Vh_i (k_i, n_i) and out[i] a (m_i, n_i) view of the final output tensor (any float dtype).
   // f uses s_max = max(s_i); entries s == 0 map to 0 (producers zero every singular value under
-  // their rank tolerance before calling this). The map comes parsed: map = SigmaMap::Kind code
-  // (0 sqrt, 1 log1p, 2 abslog, 3 power, 4 ones, 5 spectral, 6 square, 7 identity), power for 3.
+  // their rank tolerance before calling this). The map comes parsed (_parse_map): map = its
+  // SigmaMap::Kind code (the index of its name in _map_names()), power for "power:<p>".
   m.def("_reconstruct(Tensor[] u, Tensor[] s, Tensor[] vh, Tensor(a!)[] out, int map=0, float power=1.0) -> ()");
 }
 

@@ -1,9 +1,12 @@
 """svs.refine / svs.refine_ as Python API: wrong arguments are TypeError / ValueError that say what
 was expected, and tensors that require grad follow torch's in-place rules."""
+import re
+
 import pytest
 import torch
 
 import svs
+import svs_kernels
 
 W = torch.ones(3, 4)
 
@@ -63,3 +66,83 @@ def test_inplace_refuses_tensors_that_require_grad_as_torch_does():
         svs.refine_([p])
     (expected,), _ = svs.refine([before])
     torch.testing.assert_close(p.detach(), expected, rtol=0, atol=0)
+
+
+# ---- the lists and the map parser come from the extension -----------------------------------
+def test_python_lists_are_the_extensions():
+    from svs_kernels.triton_ops import _maps
+
+    names = tuple(torch.ops.svs._map_names())
+    assert svs.MAPS == svs.ops.MAPS == _maps.NAMES == names
+    for code, name in enumerate(names):  # a name's code is its index; "power:<p>" stands for the power maps
+        probe = "power:1" if name == "power:<p>" else name
+        assert _maps.parse_map(probe) == (code, 1.0) == tuple(torch.ops.svs._parse_map(probe))
+        assert _maps.CODES[name.split(":")[0]] == code
+    assert names[_maps.IDENTITY] == "identity"
+
+
+PARSED = [  # (map, (code name, power) or the start of the C++ error)
+    ("power:1e-3", ("power", 1e-3)),
+    ("power: 2", ("power", 2.0)),  # the number's leading whitespace is skipped, as std::stod does
+    ("power:0x1p-2", ("power", 0.25)),
+    ("power:-.5", ("power", -0.5)),
+    ("power:nan", "svs.refine: map 'power:<p>' needs a finite number p, got 'power:nan'"),
+    ("power:1e999", "svs.refine: map 'power:<p>' needs a finite number p"),
+    ("power:2 ", "svs.refine: map 'power:<p>' needs a finite number p"),
+    ("power:<p>", "svs.refine: map 'power:<p>' needs a finite number p"),
+    ("bogus", "svs.refine: unknown map 'bogus'; expected one of sqrt, log1p, abslog, power:<p>, ones"),
+    ("Sqrt", "svs.refine: unknown map 'Sqrt'"),
+    ("", "svs.refine: unknown map ''"),
+]
+
+
+@pytest.mark.parametrize("name,expected", PARSED, ids=[repr(n) for n, _ in PARSED])
+def test_parse_map(name, expected):
+    """svs::_parse_map, svs_kernels' parse_map, check_args and the operator agree on every map."""
+    from svs_kernels.triton_ops._maps import CODES, parse_map
+
+    w = torch.full((1, 1), 2.0, dtype=torch.float64)
+    if isinstance(expected, tuple):
+        code, power = CODES[expected[0]], expected[1]
+        assert tuple(torch.ops.svs._parse_map(name)) == (code, power)
+        assert parse_map(name) == (code, power)
+        (out,), _ = svs.refine([w], map=name, method="svd")
+        assert out.item() == pytest.approx(2.0**power, rel=1e-15)
+        return
+    for parse in (torch.ops.svs._parse_map, parse_map):
+        with pytest.raises(RuntimeError) as err:
+            parse(name)
+        assert str(err.value).startswith(expected)
+    with pytest.raises(RuntimeError, match="^" + re.escape(expected)):
+        torch.ops.svs.refine([w], [None], name, 1e-8, "svd")
+    with pytest.raises(ValueError, match=f"unknown map {re.escape(repr(name))}; expected one of sqrt, log1p"):
+        svs.refine([w], map=name)
+
+
+def test_method_names_are_what_the_kernel_checks():
+    """svs.ops.method_names lists exactly the method= values the CPU kernel accepts: each one runs,
+    and the error for any other names them all (the error and the list are one list in C++)."""
+    cpu = svs.ops.method_names("cpu")
+    assert cpu and cpu[0] == "auto" and "aten" in cpu
+    assert svs.ops.method_names(torch.device("cpu")) == cpu
+    w = torch.randn(4, 3, dtype=torch.float64)
+    (ref,), _ = svs.refine([w], method="svd")
+    for m in cpu:
+        (out,), _ = svs.refine([w], method=m)
+        torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    expected = ", ".join(cpu[:-1]) + " or " + cpu[-1]
+    with pytest.raises(ValueError, match=f"method 'qr' is not available on CPU; expected {expected}$"):
+        svs.refine([w], method="qr")
+    cuda = svs.ops.method_names("cuda")
+    assert bool(cuda) == svs_kernels.has_cuda_kernel()
+    assert svs.ops.method_names("cuda:0") == cuda
+    assert svs.ops.method_names("meta") == []
+
+
+def test_benchmark_peers_read_the_method_names():
+    from benchmarks import peers
+
+    for device in ("cpu", "cuda"):
+        assert peers.ROUTES[device] == peers.routes(device) == tuple(svs.ops.method_names(device))
+    ours = [p.name for p in peers.our_routes("cpu")]
+    assert ours == [f"svs.refine {m}" for m in svs.ops.method_names("cpu")]

@@ -19,6 +19,7 @@
 
 #include <numeric>
 #include <tuple>
+#include <utility>
 
 namespace svs {
 namespace {
@@ -27,6 +28,12 @@ namespace sc = svs::cuda;
 using sc::Mat;
 using sc::Method;
 using sc::Route;
+
+// method= of the CUDA kernel, in the order its error message names them, and the planner's
+// Method of each ("aten" runs the ATen route instead of planning).
+constexpr std::pair<const char*, Method> kMethods[] = {
+    {"auto", Method::Auto}, {"aten", Method::Auto}, {"jacobi", Method::Jacobi},
+    {"gram", Method::Gram}, {"svd", Method::Svd}};
 
 bool source_type(at::ScalarType t, int32_t* out) {
   switch (t) {
@@ -77,10 +84,11 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
   const std::string map_name(map_view);
   const SigmaMap map = parse_map(map_name);  // validates; _reconstruct applies the map
   const std::string method_name(method_view);
+  check_method(c10::DeviceType::CUDA, method_name);
   Method method = Method::Auto;
-  TORCH_CHECK_VALUE(method_name == "aten" || sc::parse_method(method_name, &method),
-                    "svs.refine: method '", method_name,
-                    "' is not available on CUDA; expected auto, aten, jacobi, gram or svd");
+  for (const auto& [name, value] : kMethods) {
+    if (method_name == name) method = value;
+  }
   check_inputs(weights, biases, eps);
 
   const at::Device device = weights[0].device();
@@ -142,6 +150,9 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
 }  // namespace
 
 TORCH_LIBRARY_IMPL(svs, CUDA, m) {
+  std::vector<std::string> methods;
+  for (const auto& method : kMethods) methods.push_back(method.first);
+  register_methods(c10::DeviceType::CUDA, std::move(methods));
   m.impl("refine", &refine_kernel<refine_cuda>);
   m.impl("refine_with_spectra", &refine_with_spectra_kernel<refine_cuda>);
 }

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import math
-import re
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 import svs_kernels  # noqa: F401  (registers torch.ops.svs.*)
 
-MAPS = ("sqrt", "log1p", "abslog", "power:<p>", "ones", "spectral", "square", "identity")
-_POWER = re.compile(r"power:[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# The names map= takes ("power:<p>": "power:" and a finite number), as the extension defines them.
+MAPS: Tuple[str, ...] = tuple(torch.ops.svs._map_names())
 
 
 def check_args(weights, biases, map, eps) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
@@ -38,11 +37,22 @@ def check_args(weights, biases, map, eps) -> Tuple[List[torch.Tensor], List[Opti
                 raise ValueError(f"{what}[{i}] is on {t.device} but weights[0] is on {weights[0].device}; use one device")
         if b is not None and tuple(b.shape) != (w.shape[0],):
             raise ValueError(f"biases[{i}] has shape {list(b.shape)}; expected [{w.shape[0]}] (weights[{i}].shape[0])")
-    if not isinstance(map, str) or not (map in MAPS or _POWER.fullmatch(map)):
+    if not _is_map(map):
         raise ValueError(f"unknown map {map!r}; expected one of {', '.join(MAPS)} (e.g. power:0.25)")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
     return weights, biases
+
+
+def _is_map(map) -> bool:
+    """Whether the operator accepts ``map`` (the extension's parser decides)."""
+    if not isinstance(map, str):
+        return False
+    try:
+        torch.ops.svs._parse_map(map)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _tensor_list(items, what: str, none_ok: bool) -> list:
@@ -70,8 +80,9 @@ def refine(
 
     Each weight ``W`` (any ``ndim >= 2``, flattened to ``(W.shape[0], -1)``) becomes
     ``U f(S) V^T`` with ``f`` given by ``map``; each bias ``b`` becomes ``b / sqrt(||b|| + eps)``.
-    Singular values below the numerical-rank tolerance ``max(m, n) * eps(compute dtype) * s_max``
-    are treated as zero by every map, so the rank of ``W`` is kept.
+    Singular values below the numerical-rank tolerance (``s_max`` times the decomposition's
+    relative rounding error; csrc/constants.h) are treated as zero by every map, so the rank of
+    ``W`` is kept.
 
     Args:
         weights: float16/bfloat16/float32/float64 tensors on one device, any mix of shapes.
@@ -79,9 +90,9 @@ def refine(
         map: ``sqrt`` (the paper's), ``log1p``, ``abslog``, ``power:<p>``, ``ones``, ``spectral``,
             ``square`` or ``identity``.
         eps: added to ``||b||`` in the bias rule.
-        method: decomposition route; ``auto`` picks one per matrix. CPU: ``auto``, ``gram``, ``svd``;
-            CUDA: ``auto``, ``jacobi``, ``gram``, ``svd`` (see csrc/cuda/planner.h). ``aten`` runs
-            the CPU kernel's float64 ATen route on any device (on CUDA: the exact fallback).
+        method: decomposition route; ``auto`` picks one per matrix. :func:`method_names` lists
+            a device's; ``aten`` runs the CPU kernel's float64 ATen route on any device (on CUDA:
+            the exact fallback).
 
     Returns:
         ``(new_weights, new_biases)`` in the input shapes and dtypes, new tensors that do not
@@ -126,6 +137,12 @@ def map_spectrum(s: torch.Tensor, map: str = "sqrt") -> torch.Tensor:
 def route_names() -> List[str]:
     """Names of the decomposition routes, by the code ``torch.ops.svs.refine_with_spectra`` returns."""
     return list(torch.ops.svs._route_names())
+
+
+def method_names(device: Union[str, torch.device] = "cpu") -> List[str]:
+    """The ``method=`` values :func:`refine` accepts on ``device`` (a device or its type), as this
+    build of the extension registers them; empty where it has no kernel for the device."""
+    return list(torch.ops.svs._method_names(str(torch.device(device).type)))
 
 
 def refine_(

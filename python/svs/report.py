@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Optional, Tuple
 
+from .spectrum import group_by_shape
+
 
 @dataclasses.dataclass
 class ParamRecord:
@@ -60,7 +62,7 @@ class RefineReport:
             "biases": len(self.biases),
             "resets": sum(r.role.startswith("reset") for r in self.records),
             "skipped": len(self.skipped),
-            "shapes": len({(r.shape[0], numel([r]) // max(r.shape[0], 1)) for r in self.weights}),
+            "shapes": len(group_by_shape([r.shape for r in self.weights])),
             "params_refined": numel(self.weights) + numel(self.biases),
             "seconds": round(self.seconds, 4),
         }

@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -16,15 +15,21 @@ from .interrupt import compute
 MAX_WORK = 2**32
 
 
-def batches(shapes: Sequence[Sequence[int]], max_work: int = MAX_WORK) -> List[List[int]]:
-    """Indices of ``shapes`` in batches of one shape (flattened to ``(shape[0], -1)``), each with at
-    most ``max_work`` work, or a single matrix."""
-    groups: Dict[tuple, List[int]] = defaultdict(list)
+def group_by_shape(shapes: Sequence[Sequence[int]]) -> Dict[Tuple[int, int], List[int]]:
+    """Indices of ``shapes`` per ``(rows, cols)`` of their ``(shape[0], -1)`` flattening, in
+    first-seen order: the matrices one batched decomposition can take together."""
+    groups: Dict[Tuple[int, int], List[int]] = {}
     for i, shape in enumerate(shapes):
         rows = shape[0]
-        groups[(rows, math.prod(shape) // max(rows, 1))].append(i)
+        groups.setdefault((rows, math.prod(shape) // max(rows, 1)), []).append(i)
+    return groups
+
+
+def batches(shapes: Sequence[Sequence[int]], max_work: int = MAX_WORK) -> List[List[int]]:
+    """Indices of ``shapes`` in batches of one shape (:func:`group_by_shape`), each with at most
+    ``max_work`` work, or a single matrix."""
     out: List[List[int]] = []
-    for (rows, cols), idx in groups.items():
+    for (rows, cols), idx in group_by_shape(shapes).items():
         size = max(1, max_work // max(1, rows * cols * min(rows, cols)))
         out += [idx[k:k + size] for k in range(0, len(idx), size)]
     return out

@@ -1,56 +1,23 @@
-"""The sigma-map names of svs.refine, parsed in Python exactly as csrc/refine_common.cpp parse_map does.
+"""The sigma-maps of svs.refine as the Triton kernels take them: an integer code and a power.
 
-Pure Python (no triton import), so the parser can be used and tested without Triton.
+The extension owns the names, their codes and the parser (``svs::_map_names``, ``svs::_parse_map``);
+this module only reads them. No triton import, so it works (and is tested) without Triton.
 """
-import math
-import re
-from typing import Tuple
+from typing import Dict, Tuple
 
-# Integer codes of the maps, in the order of svs::SigmaMap::Kind (csrc/refine.h). The Triton kernels
-# receive the code as a tl.constexpr.
-SQRT, LOG1P, ABSLOG, POWER, ONES, SPECTRAL, SQUARE, IDENTITY = range(8)
+import torch
 
-_NAMED = {
-    "sqrt": SQRT,
-    "log1p": LOG1P,
-    "abslog": ABSLOG,
-    "ones": ONES,
-    "spectral": SPECTRAL,
-    "square": SQUARE,
-    "identity": IDENTITY,
-}
+# The names by code (the index of a name here is its code; "power:<p>" stands for every power map).
+NAMES: Tuple[str, ...] = tuple(torch.ops.svs._map_names())
 
-# What std::stod consumes: optional leading whitespace, then a decimal or hexadecimal floating-point
-# number, or inf/infinity/nan (those parse but fail the finiteness check). C++ then demands that the
-# whole string was consumed, so trailing whitespace or junk is an error (Python's float() would
-# accept trailing whitespace and "1_0", hence the explicit grammar).
-_DECIMAL = re.compile(r"[ \t\n\v\f\r]*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
-_HEX = re.compile(r"[ \t\n\v\f\r]*[+-]?0[xX]([0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)([pP][+-]?\d+)?\Z")
-
-_EXPECTED = "expected one of sqrt, log1p, abslog, power:<p>, ones, spectral, square, identity"
-
+# The code of each name without ":<p>" (CODES["power"]); the Triton kernels take it as a tl.constexpr.
+CODES: Dict[str, int] = {name.split(":")[0]: code for code, name in enumerate(NAMES)}
+IDENTITY = CODES["identity"]  # the largest code
 
 def parse_map(name: str) -> Tuple[int, float]:
     """(map code, power) for a map name; raises RuntimeError with the C++ operator's message."""
-    if not isinstance(name, str):
-        raise RuntimeError(f"svs.refine: unknown map {name!r}; {_EXPECTED}")
-    code = _NAMED.get(name)
-    if code is not None:
-        return code, 1.0
-    prefix = "power:"
-    if name.startswith(prefix):
-        text = name[len(prefix):]
-        p = math.nan
-        if _DECIMAL.match(text):
-            p = float(text)
-        elif _HEX.match(text):
-            stripped = text.lstrip(" \t\n\v\f\r")
-            sign = -1.0 if stripped.startswith("-") else 1.0
-            body = stripped.lstrip("+-")
-            if "p" not in body.lower():
-                body += "p0"
-            p = sign * float.fromhex(body)
-        if not math.isfinite(p):
-            raise RuntimeError(f"svs.refine: map 'power:<p>' needs a finite number p, got '{name}'")
-        return POWER, p
-    raise RuntimeError(f"svs.refine: unknown map '{name}'; {_EXPECTED}")
+    try:
+        code, power = torch.ops.svs._parse_map(name if isinstance(name, str) else repr(name))
+    except RuntimeError as e:
+        raise RuntimeError(str(e).splitlines()[0]) from None
+    return int(code), float(power)

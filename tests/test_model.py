@@ -130,12 +130,12 @@ def test_report_comes_from_the_refinement_itself(monkeypatch):
     (it would raise here), before = the operator's spectra (float64 svdvals of the weights, to the
     Gram route's accuracy ~n * eps64 * kappa, far under 1e-9 here), after = the map applied to them
     (= svdvals of the new float64 weights), and the route column names the route each matrix took."""
-    import svs.model
+    import svs.tensors
 
     def no_decomposition(*args, **kwargs):
         raise AssertionError("the report decomposed the weights again")
 
-    monkeypatch.setattr(svs.model, "singular_values", no_decomposition)
+    monkeypatch.setattr(svs.tensors, "singular_values", no_decomposition)
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 20)).double()
     with torch.no_grad():
@@ -158,7 +158,7 @@ def test_decompositions_run_on_the_callers_thread(monkeypatch, stats):
     too) ran ~7x slower (svs.interrupt). Inside svs.interrupt.own_process (the CLI), in the worker."""
     import threading
 
-    import svs.model
+    import svs.tensors
     import svs.ops
 
     threads = []

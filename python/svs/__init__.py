@@ -9,7 +9,8 @@
 from . import io
 from .ops import MAPS, map_spectrum, refine, refine_, refine_with_spectra
 from .presets import PRESETS, Role, select
-from .model import RefineError, refine_model, refine_state_dict
+from .model import refine_model, refine_state_dict
+from .tensors import RefineError
 from .report import ParamRecord, RefineReport
 
 __all__ = [

@@ -23,7 +23,8 @@ from .cli_common import UsageError, check_image, check_output, progress_default
 from .experiments.cli import add_experiment_commands
 from .extras import MissingExtra
 from .interrupt import own_process
-from .model import RefineError, refine_model, refine_state_dict, skip_unusable
+from .model import refine_model, refine_state_dict
+from .tensors import RefineError, skip_unusable
 from .plots import plot_spectra
 from .presets import PRESETS, Role, select
 from .spectrum import describe, singular_values

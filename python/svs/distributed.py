@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 
-from .model import RefineError, refine_tensors, skip_unusable
+from .tensors import RefineError, refine_tensors, skip_unusable
 from .presets import Role, paired_weight, select
 from .report import RefineReport
 from .spectrum import batches
@@ -167,7 +167,7 @@ def merge_reports(parts: Sequence[RefineReport], order: Sequence[str], template:
 def refine_tensors_across(
     named: Dict[str, torch.Tensor], group: Any, **kwargs: Any
 ) -> Tuple[Dict[str, torch.Tensor], RefineReport]:
-    """:func:`svs.model.refine_tensors` with the weights split over the ranks of ``group``; every
+    """:func:`svs.tensors.refine_tensors` with the weights split over the ranks of ``group``; every
     rank returns all new values (each refined on its owner and broadcast from there) and the whole
     report. Every rank must hold the same names and shapes; ``named`` is not modified."""
     import torch.distributed as dist

@@ -31,7 +31,7 @@ from . import __version__
 from .distributed import Ranks, assign, job_cost, merge_reports, plan
 from .io import CheckpointError
 from .interrupt import interruptible
-from .model import _progress_bar, refine_tensors
+from .tensors import _progress_bar, refine_tensors
 from .presets import Role, select
 from .report import ParamRecord, RefineReport
 

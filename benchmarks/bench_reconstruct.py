@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Grouped Triton reconstruction W'_i = U_i diag(f(s_i)) Vh_i vs a per-matrix torch composition (GPU only).
 
-For each workload (DESIGN.md section 5) and output dtype it builds random U, s, Vh of every matrix's
+For each workload (benchmarks/workloads.py) and output dtype it builds random U, s, Vh of every matrix's
 thin-SVD shape (m, n) -> U (m, k), s (k,), Vh (k, n), k = min(m, n), float32 as the C++ kernel
 hands them over, and measures in the same run:
   triton          svs_kernels.triton_ops.reconstruct: sigma-map, staging and grouped GEMM launches,

@@ -47,22 +47,13 @@ inline const char* route_name(Route r) {
 // method= of the operator on CUDA.
 enum class Method { Auto, Jacobi, Gram, Svd };
 
-inline bool parse_method(const std::string& name, Method* out) {
-  if (name == "auto") *out = Method::Auto;
-  else if (name == "jacobi") *out = Method::Jacobi;
-  else if (name == "gram") *out = Method::Gram;
-  else if (name == "svd") *out = Method::Svd;
-  else return false;
-  return true;
-}
-
 constexpr int64_t kAnySize = std::numeric_limits<int64_t>::max();
 
 // =================================================================================================
 // kAutoPlan: the route method="auto" takes, by shape class; the first row whose bounds hold wins
 // (short = min(m, n), long = max(m, n) of the flattened weight).
 //
-// PROVISIONAL. Derived from the cost model of DESIGN.md section 4, NOT measured: the machine that
+// PROVISIONAL. Derived from the cost model below (FLOP counts at H100 peak rates), NOT measured: the machine that
 // wrote this has no GPU. Re-measure on an H100 (.ci/gpu_check.sh runs the benchmarks) and
 // replace rows and kTuning below with measured crossovers. Reasoning behind the current rows:
 //   - short <= 32 and long <= 32: cuSOLVER's gesvdjBatched limit; one launch for all of them,

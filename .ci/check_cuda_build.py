@@ -41,6 +41,8 @@ OPERATORS = {
     "svs::_parse_map": "composite",
     "svs::_method_names": "composite",
     "svs::_reconstruct": "triton",
+    "svs::_reconstruct_plan": "composite",
+    "svs::_gemm_config": "composite",
 }
 WHEEL_LIBS = ("libcusolver.so", "libcublas.so")
 

@@ -1,16 +1,24 @@
 #!/usr/bin/env python
-"""Host cost of the Triton reconstruction: building the launch tables, with every launch stubbed.
+"""Host cost of the Triton reconstruction: the launch plan and tables, with every launch stubbed.
 
 Runs on the CPU (no GPU, no interpreter): svs_kernels.triton_ops.reconstruct.reconstruct with the
 sigma-map, staging and GEMM launches, the host-to-device copy and the device check replaced by
 no-ops, on CPU tensors shaped and laid out as the C++ caller hands them over (U column-major as
 cuSOLVER writes it, s contiguous, Vh row-major, out row-major views of one buffer). Measured:
-  python    reconstruct() called directly (what the issue's 100 us target is about)
+  python    reconstruct() called directly (what the issue's 100 us target is about): the plan
+            operator, the workspace, the relocation of the table and the (stubbed) launches
+  python, C++-held  the same while a C++ object holds a reference to every tensor, as the vectors
+            of the C++ CUDA kernel that calls svs::_reconstruct do. Where only Python holds a
+            tensor, torch increments its Python object when the operator's arguments take the
+            first C++ reference and, after the call, decrements it under the GIL the operator
+            released, once per tensor: a cost the production call does not pay
   operator  torch.ops.svs._reconstruct with the Triton kernel registered for the CPU dispatch key:
             adds the dispatcher and the wrapping of 4 x G tensors into Python objects, as the C++
             CUDA kernel's call does
-  attributes  only reading data_ptr, size, stride, dtype and device of the 4 x G tensors once
-            each: the floor of any launcher that reads them in Python
+  plan      svs::_reconstruct_plan alone (csrc/launch_table.cpp: checks, tables; most of it the
+            conversion of the 4 x G tensors into the operator's arguments)
+  attributes  reading data_ptr, size, stride, dtype and device of the 4 x G tensors once each in
+            Python: what building the tables in Python cost before any arithmetic
 Medians of --repeats calls after a warm-up. Example:
   python benchmarks/bench_host_reconstruct.py --workload ddpm-cifar10-p50
 """
@@ -19,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+from typing import List
 
 os.environ.pop("TRITON_INTERPRET", None)  # the compiled configs, as on a GPU
 
@@ -49,6 +58,17 @@ def factors(shapes):
         out.append(buf[at:at + m * n].view(m, n))
         at += m * n
     return u, s, vh, out
+
+
+class CppHeld(torch.nn.Module):
+    """Holds a C++ reference to each tensor (a TorchScript list attribute) while it lives."""
+
+    def __init__(self, tensors: List[torch.Tensor]):
+        super().__init__()
+        self.tensors = tensors
+
+    def forward(self) -> int:
+        return len(self.tensors)
 
 
 def median_us(fn, repeats: int) -> float:
@@ -82,6 +102,9 @@ def main() -> None:
         reconstruct.reconstruct(u, s, vh, out, 0, 1.0)
         per_call = list(launches)
         py = median_us(lambda: reconstruct.reconstruct(u, s, vh, out, 0, 1.0), args.repeats)
+        held = torch.jit.script(CppHeld(u + s + vh + out))
+        py_held = median_us(lambda: reconstruct.reconstruct(u, s, vh, out, 0, 1.0), args.repeats)
+        del held
         lib = triton_ops.register("CPU")
         try:
             op = median_us(lambda: torch.ops.svs._reconstruct(u, s, vh, out, 0, 1.0), args.repeats)
@@ -93,7 +116,12 @@ def main() -> None:
             setattr(mod, name, fn)
     print(f"{args.workload}: {len(shapes)} matrices, launches per call {per_call}")
     print(f"  python   reconstruct(): {py:8.1f} us (median of {args.repeats})")
+    print(f"  python   reconstruct(), tensors C++-held: {py_held:8.1f} us")
     print(f"  operator svs::_reconstruct: {op:8.1f} us")
+    plan_args = (u, s, vh, out, 1.0, gemm.tiles("float32"), gemm.tiles("float64"), reconstruct._PLANES, 132,
+                 stage.BLOCK_R, stage.BLOCK_C, reconstruct.WORKSPACE_BYTES)
+    plan = median_us(lambda: torch.ops.svs._reconstruct_plan.default(*plan_args), args.repeats)
+    print(f"  plan     svs::_reconstruct_plan: {plan:8.1f} us")
     T = torch.Tensor
     tensors = [t for ts in (u, s, vh, out) for t in ts]
     attrs = median_us(lambda: [list(map(f, tensors)) for f in (T.data_ptr, T.size, T.stride, T.get_device,

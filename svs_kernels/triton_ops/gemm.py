@@ -10,13 +10,13 @@ The output is the only operand with arbitrary shapes and strides: matrices whose
 row-major, 16-byte aligned and a tile multiple go in an ALIGNED launch (unmasked vector stores),
 the rest in a general one (masked stores, runtime strides).
 
-The config comes from :func:`choose_config`, a shape rule, not the autotuner: a user's first call
-compiles one kernel per launch kind and runs it once (benchmarks/tune_reconstruct.py compares the
-rule with the autotuner's choice on a GPU).
+The config comes from a shape rule (:func:`choose_config`; the reconstruction's plan applies it to
+:func:`candidates`), not the autotuner: a user's first call compiles one kernel per launch kind and
+runs it once (benchmarks/tune_reconstruct.py compares the rule with the autotuner's choice on a GPU).
 """
-from typing import NamedTuple, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
-import numpy as np
+import torch
 import triton
 import triton.language as tl
 
@@ -106,25 +106,23 @@ CONFIGS = {
 INTERPRETER_CONFIG = Config(32, 32, 16, 2, 4, 1)  # small: many tiles (masks, the persistent loop)
 
 
-def next_pow2(x: int) -> int:
-    return 1 << max(0, int(x) - 1).bit_length()
+def candidates(op_dtype: str) -> Tuple[Config, ...]:
+    """The configs the shape rule picks from for an operand dtype, largest first (the interpreter
+    has its one small config)."""
+    return (INTERPRETER_CONFIG,) if INTERPRETING else CONFIGS[op_dtype]
 
 
-def choose_config(op_dtype: str, m: np.ndarray, n: np.ndarray, programs: int) -> Config:
-    """The largest tile that is not larger than every matrix (next power of two of the largest m
-    and n) and still gives every SM a tile; else the smallest candidate that fits."""
-    if INTERPRETING:
-        return INTERPRETER_CONFIG
-    cands = [c for c in CONFIGS[op_dtype] if c.block_m <= max(next_pow2(m.max()), 32)
-             and c.block_n <= max(next_pow2(n.max()), 64)] or [CONFIGS[op_dtype][-1]]
-    for c in cands:
-        if tile_count(c, m, n) >= programs:
-            return c
-    return cands[-1]
+def choose_config(op_dtype: str, m: Sequence[int], n: Sequence[int], programs: int) -> Config:
+    """The config of the shape rule (csrc/launch_table.cpp, which the reconstruction's plan runs):
+    the largest tile that is not larger than every matrix (next power of two of the largest m and
+    n) and still gives every program a tile; else the smallest candidate that fits."""
+    pick = torch.ops.svs._gemm_config([int(x) for x in m], [int(x) for x in n], tiles(op_dtype), programs)
+    return candidates(op_dtype)[pick]
 
 
-def tile_count(c: Config, m: np.ndarray, n: np.ndarray) -> int:
-    return int((-(-m // c.block_m) * -(-n // c.block_n)).sum())
+def tiles(op_dtype: str) -> List[int]:
+    """(block_m, block_n, block_k) of every candidate, flat: what the C++ rule reads."""
+    return [x for c in candidates(op_dtype) for x in (c.block_m, c.block_n, c.block_k)]
 
 
 def launch(tab, G: int, c: Config, op_dt, out_dt, precision: str, nseg: int, aligned: bool, programs: int) -> None:

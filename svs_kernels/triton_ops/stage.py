@@ -9,7 +9,6 @@ the GEMM tile multiples, zeros in the padding, in one of three modes:
          so hi*hi + hi*lo + lo*hi is a float32-accurate product (3xTF32)
 The split happens once per operand element here, not once per tile of the GEMM.
 """
-import numpy as np
 import triton
 import triton.language as tl
 
@@ -73,16 +72,7 @@ def _stage_kernel(tab_ptr, G, SRC_DT: tl.constexpr, DST_DT: tl.constexpr, LAYOUT
         tiles_before += ntiles
 
 
-def layouts(s0: np.ndarray, s1: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """LAYOUT code per job (a size-1 dimension's stride does not matter)."""
-    return np.where((s1 == 1) | (cols == 1), 1, np.where((s0 == 1) | (rows == 1), 2, 0))
-
-
 BLOCK_R, BLOCK_C = (16, 32) if INTERPRETING else (32, 64)
-
-
-def tiles(rows_p: np.ndarray, cols_p: np.ndarray) -> int:
-    return int((-(-rows_p // BLOCK_R) * -(-cols_p // BLOCK_C)).sum())
 
 
 def launch(tab, G: int, src_dt, dst_dt, layout: int, mode: int, programs: int) -> None:

@@ -13,7 +13,7 @@
 #   4. .ci/check_cuda_build.py: symbols resolve, import, CUDA kernels registered, runtime libraries
 #   5. what the GPU steps need without a GPU: the benchmark workloads' shapes, the GPU tests collect
 #   --------------------------------------------------------------------------------------------
-#   6. GPU tests (tests/test_cuda.py, tests/test_triton.py, and test_build.py's check that the
+#   6. GPU tests (tests/csrc/test_cuda.py, tests/svs_kernels/test_triton_ops.py, and tests/csrc/test_build.py's check that the
 #      CUDA libraries are torch's; the whole suite runs on the same software in CI's mirror), junit xml
 #   7. benchmark: ddpm-cifar10-p50, stylegan2-base, tiny-batch, llm-8b-p (one run each, then merged)
 # Everything goes to ONE folder, $OUT if set, else benchmarks/results/gpu-check-<UTC time>: the log,
@@ -105,7 +105,7 @@ step "4. .ci/check_cuda_build.py  (log: check.log)"
 "$PYTHON" .ci/check_cuda_build.py > "$RESULTS/check.log" 2>&1 || FAILED+=("check_cuda_build")
 cat "$RESULTS/check.log"
 
-GPU_TESTS=(${SVS_GPU_TESTS:-tests/test_cuda.py tests/test_triton.py tests/test_build.py::test_cuda_libraries_are_torchs})
+GPU_TESTS=(${SVS_GPU_TESTS:-tests/csrc/test_cuda.py tests/svs_kernels/test_triton_ops.py tests/csrc/test_build.py::test_cuda_libraries_are_torchs})
 WORKLOADS=(ddpm-cifar10-p50 stylegan2-base tiny-batch llm-8b-p)
 step "5. without a GPU: benchmark workloads' shapes, GPU tests collect"
 "$PYTHON" -m benchmarks.run --list --workload "$(IFS=,; echo "${WORKLOADS[*]}")" || FAILED+=("benchmark workloads")

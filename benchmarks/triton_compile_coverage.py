@@ -5,11 +5,13 @@ with its own ptxas, and ptxas -v on each kernel's PTX reports registers, stack f
 stores/loads (both must be 0). GEMMs must use tensor cores (TF32 or DMMA instructions in the PTX).
 
   python benchmarks/triton_compile_coverage.py              # the pinned triton (.venv)
-  .venv-cu130/bin/python benchmarks/triton_compile_coverage.py   # triton 3.6, the GPU machine's stack
+  cd .cache/mirror-src && ../../.venv-cu130/bin/python benchmarks/triton_compile_coverage.py
+                                                            # triton 3.6, the GPU machine's stack
 
-Imports the triton_ops modules without svs_kernels/__init__.py (so without the compiled _C, which
-may be built for another Python). Prints one line per compile and "ok N kernels" at the end;
-tests/test_triton_compile.py runs it with the pinned triton.
+Needs the built extension (svs_kernels._C of this Python: the map codes and the launch plan come
+from it), so in the mirror it runs in the mirror's build tree. Prints one line per compile and
+"ok N kernels" at the end; tests/svs_kernels/test_triton_compile.py runs it with the Python that
+runs the tests (the pinned triton, and triton 3.6 in .ci/gpu_mirror.sh's test run).
 """
 import os
 import re
@@ -17,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 
 os.environ.pop("TRITON_INTERPRET", None)  # before triton is imported: compile, do not interpret
 
@@ -28,9 +29,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-pkg = types.ModuleType("svs_kernels")  # a bare parent package: no _C, no fake kernels
-pkg.__path__ = [os.path.join(ROOT, "svs_kernels")]
-sys.modules["svs_kernels"] = pkg
+sys.path.insert(0, ROOT)
+import svs_kernels  # noqa: E402,F401  (the extension: the map codes and the launch plan come from it)
 from svs_kernels.triton_ops import bias, gemm, reconstruct, sigma_map, stage  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)

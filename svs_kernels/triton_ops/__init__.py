@@ -13,7 +13,7 @@ interpreter on CPU tensors: set ``TRITON_INTERPRET=1`` before triton is first im
 """
 from typing import Optional
 
-from ._maps import parse_map  # noqa: F401  (pure Python)
+from ._maps import parse_map  # noqa: F401  (no triton import: the extension parses)
 
 __all__ = ["available", "import_error", "parse_map", "registered", "registration_note"]
 

@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._maps import CODES
+
 
 def interpreting() -> bool:
     """Whether Triton runs under its CPU interpreter (TRITON_INTERPRET=1)."""
@@ -26,6 +28,10 @@ def interpreting() -> bool:
 
 # Read once: triton decides interpreter or compiler when it is imported.
 INTERPRETING = interpreting()
+
+# The map codes the kernels compare MAP with, from the extension (csrc/refine.h's enum), as constexprs.
+SQRT, LOG1P, ABSLOG, POWER, ONES, SPECTRAL, SQUARE = (tl.constexpr(CODES[name]) for name in (
+    "sqrt", "log1p", "abslog", "power", "ones", "spectral", "square"))
 
 TL_DTYPE = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
             torch.float64: tl.float64}
@@ -55,24 +61,24 @@ def round_tf32(x):
 
 @triton.jit
 def map_values(s, s_max, power, MAP: tl.constexpr):
-    """f(s) elementwise in s's dtype (codes of _maps.py); 0 wherever s <= 0, no NaN/Inf there."""
+    """f(s) elementwise in s's dtype (MAP: a code of _maps.CODES); 0 wherever s <= 0, no NaN/Inf there."""
     pos = s > 0
     safe = tl.where(pos, s, 1.0)  # keeps log/div finite where the result is discarded anyway
-    if MAP == 0:  # sqrt (float64 sqrt is correctly rounded)
+    if MAP == SQRT:  # sqrt (float64 sqrt is correctly rounded)
         f = tl.sqrt(safe)
-    elif MAP == 1:  # log1p, Goldberg's accurate form: log(u) * s / (u - 1) with u = 1 + s
+    elif MAP == LOG1P:  # log1p, Goldberg's accurate form: log(u) * s / (u - 1) with u = 1 + s
         u = 1.0 + safe
         one = u == 1.0
         f = tl.where(one, safe, tl.log(u) * (safe / tl.where(one, 1.0, u - 1.0)))
-    elif MAP == 2:  # abslog
+    elif MAP == ABSLOG:  # abslog
         f = tl.abs(tl.log(safe))
-    elif MAP == 3:  # power
+    elif MAP == POWER:  # power
         f = tl.exp(power * tl.log(safe))
-    elif MAP == 4:  # ones
+    elif MAP == ONES:  # ones
         f = tl.full(s.shape, 1.0, s.dtype)
-    elif MAP == 5:  # spectral
+    elif MAP == SPECTRAL:  # spectral
         f = safe / tl.where(s_max > 0, s_max, 1.0)
-    elif MAP == 6:  # square
+    elif MAP == SQUARE:  # square
         f = safe * safe
     else:  # identity
         f = safe

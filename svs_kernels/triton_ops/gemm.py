@@ -97,7 +97,7 @@ class Config(NamedTuple):
 
 # Candidate tiles per operand dtype, largest first. float32 operands run TF32 tensor cores
 # (wgmma on sm_90); float64 runs DMMA (mma.sync), whose 128-wide tiles spill. Spill-free on sm_90
-# with the pinned triton and triton 3.6: tests/test_triton_compile.py.
+# with the pinned triton and triton 3.6: tests/svs_kernels/test_triton_compile.py.
 CONFIGS = {
     "float32": (Config(128, 128, 32, 8, 8, 3), Config(64, 128, 32, 8, 8, 3), Config(64, 64, 32, 8, 4, 4),
                 Config(32, 64, 32, 4, 4, 4)),

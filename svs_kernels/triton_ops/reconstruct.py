@@ -15,7 +15,7 @@ the tensor core truncates):
   float16/bf16 out  TF32, both operands rounded to nearest (2^-11 each):
                     |err| <= (2^-10 + 2^-21 + (k + 2) u_acc) B, the size of the 2^-11 / 2^-8
                     rounding of the stored value; 3xTF32 would buy nothing there
-plus the rounding of the stored value. tests/test_triton.py checks each bound, emulating the
+plus the rounding of the stored value. tests/svs_kernels/test_triton_ops.py checks each bound, emulating the
 tensor-core rounding in the reference.
 """
 import math

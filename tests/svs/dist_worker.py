@@ -1,4 +1,4 @@
-"""One rank of the 2-process gloo tests (tests/test_distributed.py), started by torchrun.
+"""One rank of the 2-process gloo tests (tests/svs/test_distributed.py), started by torchrun.
 
     dist_worker.py MODE SRC OUT RESULT
 MODE ``ok``: refine a module holding the tensors of SRC with ``svs.refine_model(...,

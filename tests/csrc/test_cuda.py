@@ -1,5 +1,5 @@
 """torch.ops.svs.refine on CUDA: the CUDA kernel against the CPU kernel, the float64 numpy
-reference (tests/conftest.py), and its own method="aten" route on the same GPU (device-generic
+reference (tests/reference.py), and its own method="aten" route on the same GPU (device-generic
 ATen calls in float64: the exact fallback every GPU has). The GPU tests are skipped without a GPU or without the CUDA kernel
 in the build; the last two tests run everywhere.
 
@@ -18,7 +18,7 @@ the same input values.
   relative output error ~eps32 * sqrt(kappa) / 2 ~ 6e-5 at kappa 1e6.)
 - float64 out: 1e-8, as on the CPU: float64 factors; the Gram route's error ~n * eps64 * kappa^1.5
   and "auto" keeps its result only for kappa <= 1e4 (else Jacobi).
-- float16 / bfloat16 out: conftest.TOL (the output's rounding, 2^-11 / 2^-8, dominates).
+- float16 / bfloat16 out: reference.TOL (the output's rounding, 2^-11 / 2^-8, dominates).
 - CUDA against the CPU kernel directly: the sum of both kernels' tolerances.
 """
 import copy
@@ -31,9 +31,9 @@ import torch
 
 import svs
 import svs_kernels
-from conftest import TOL, assert_matches, reference_bias, reference_refine
+from tests.reference import TOL, assert_matches, reference_bias, reference_refine
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEVICE = "cuda"
 HAS_CUDA = torch.cuda.is_available() and svs_kernels.has_cuda_kernel()
 requires_cuda = pytest.mark.skipif(

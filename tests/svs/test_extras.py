@@ -9,7 +9,7 @@ import pytest
 
 from svs.extras import EXTRAS, MissingExtra, require
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OPTIONAL = sorted({m for modules in EXTRAS.values() for m in modules} | {"triton", "scipy", "PIL"})
 
 

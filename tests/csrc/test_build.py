@@ -1,4 +1,4 @@
-"""The CMake build and the built-in demo, as a new user runs them."""
+"""The builds: the CMake library, and the CUDA build's runtime libraries and symbol check."""
 import os
 import subprocess
 import sys
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CMAKE_LIB = Path(os.environ.get("SVS_CMAKE_LIB", ROOT / "cmake-build" / "libsvs_ops.so"))
 
 
@@ -22,19 +22,6 @@ def test_cmake_library_loads_and_refines():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
-
-
-def test_demo_runs(tmp_path):
-    """The README's main job, on a tiny budget: bundled teacher, prune, with/without SVS, fine-tune."""
-    pytest.importorskip("diffusers")
-    pytest.importorskip("torch_pruning")
-    pytest.importorskip("sklearn")
-    result = subprocess.run([sys.executable, "-m", "svs.cli", "demo", "--out", str(tmp_path), "--steps", "4",
-                             "--eval-samples", "16"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert "FID pruned" in result.stdout and "refined" in result.stdout
-    for name in ("fid.png", "spectrum.png", "demo.json"):
-        assert (tmp_path / name).exists(), name
 
 
 # The CUDA build links libcusolver and libcublas by soname; svs_kernels loads torch's copies (the

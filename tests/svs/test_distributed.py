@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -39,7 +39,7 @@ def test_plan_covers_every_selected_tensor_once():
 
 
 def torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """tests/dist_worker.py on 2 ranks, on a free port of 127.0.0.1 (tried again should another
+    """tests/svs/dist_worker.py on 2 ranks, on a free port of 127.0.0.1 (tried again should another
     process take the port between our probe and torchrun's bind)."""
     for _ in range(3):
         with socket.socket() as s:
@@ -47,7 +47,7 @@ def torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
             port = s.getsockname()[1]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-               "--master-port", str(port), str(ROOT / "tests" / "dist_worker.py"), *args]
+               "--master-port", str(port), str(ROOT / "tests" / "svs" / "dist_worker.py"), *args]
         run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         if "address already in use" not in run.stderr.lower():
             return run

@@ -190,7 +190,7 @@ def test_debug_shows_the_traceback(workdir, monkeypatch):
 
 
 def test_pickled_code_runs_only_with_trust_pickle(workdir, capsys):
-    from test_io import Payload
+    from tests.reference import Payload
 
     marker = workdir / "code-ran"
     torch.save({"w": torch.zeros(2, 2), "x": Payload(marker)}, workdir / "evil.pt")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import svs
-from conftest import assert_matches, reference_bias, reference_refine
+from tests.reference import assert_matches, reference_bias, reference_refine
 
 pytest.importorskip("diffusers")
 pytest.importorskip("torch_pruning")
@@ -52,55 +52,6 @@ def test_ddpm_preset_matches_authors_rules_parameter_by_parameter(pruned_ddpm):
             assert torch.equal(p, before[name]), f"{name} should not change"
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 500])
     assert torch.isfinite(model(x, t).sample).all()
-
-
-class TinyStyleGAN(nn.Module):
-    """Parameter names as in the official StyleGAN2/3 generator."""
-
-    def __init__(self):
-        super().__init__()
-        self.mapping = nn.ModuleDict({"fc0": nn.Linear(8, 8)})
-        block = nn.Module()
-        block.const = nn.Parameter(torch.randn(16, 4, 4))
-        conv = nn.Module()
-        conv.weight = nn.Parameter(torch.randn(16, 16, 3, 3))
-        conv.bias = nn.Parameter(torch.randn(16))
-        conv.noise_strength = nn.Parameter(torch.tensor(0.1))
-        conv.affine = nn.Linear(8, 16)
-        block.conv1 = conv
-        block.torgb = nn.Conv2d(16, 3, 1)
-        self.synthesis = nn.ModuleDict({"b4": block})
-
-
-def test_stylegan_preset_selects_synthesis_only():
-    g = TinyStyleGAN()
-    before = {n: p.detach().clone() for n, p in g.named_parameters()}
-    report = svs.refine_model(g, preset="stylegan2")
-    changed = {n for n, p in g.named_parameters() if not torch.equal(p, before[n])}
-    assert changed == {
-        "synthesis.b4.conv1.weight", "synthesis.b4.conv1.bias", "synthesis.b4.conv1.affine.weight",
-        "synthesis.b4.conv1.affine.bias", "synthesis.b4.torgb.weight", "synthesis.b4.torgb.bias",
-    }
-    assert {r.name for r in report.records} == changed
-    assert_matches(g.synthesis.b4.conv1.weight.detach(), reference_refine(before["synthesis.b4.conv1.weight"]))
-
-
-def test_stylegan_preset_on_the_synthesis_network_itself():
-    g = TinyStyleGAN()
-    report = svs.refine_model(g.synthesis, preset="stylegan3")
-    assert len(report.weights) == 3
-
-
-def test_generic_include_exclude_and_bias_pairing():
-    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Conv2d(5, 4, 3), nn.LayerNorm(4))
-    report = svs.refine_model(model, exclude=r"^2\.weight$", dry_run=True)
-    assert [r.name for r in report.records] == ["0.weight", "0.bias"]  # 2.bias has no refined weight
-    report = svs.refine_model(model, include=r"^2\.", dry_run=True)
-    assert [r.name for r in report.records] == ["2.weight", "2.bias"]
-    with pytest.raises(ValueError, match="selects no weight"):
-        svs.refine_model(model, include="nothing-matches")
-    with pytest.raises(ValueError, match="unknown preset"):
-        svs.refine_model(model, preset="vit")
 
 
 def test_dry_run_changes_nothing_and_reports_spectra():

@@ -1,19 +1,22 @@
-"""The ``transformer`` preset on a small Llama-style model built offline from a config, with the
-module tree (so the parameter names) of ``transformers``' ``LlamaForCausalLM``; and on the names of
-other families (GPT-2, BERT, Mixtral, T5)."""
+"""svs.presets: the stylegan and generic rules and include/exclude on small modules; the
+``transformer`` preset on a small Llama-style model built offline from a config, with the module
+tree (so the parameter names) of ``transformers``' ``LlamaForCausalLM``, and on the names of other
+families (GPT-2, BERT, Mixtral, T5). The ddpm preset against the authors' code: test_model.py."""
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import svs  # noqa: E402
 from benchmarks.checkpoints import llama_state_dict, write_hf_dir  # noqa: E402
 from svs import sharded  # noqa: E402
+from tests.reference import assert_matches, reference_refine  # noqa: E402
 
 CONFIG = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
           "num_key_value_heads": 2, "vocab_size": 64, "attention_bias": True}
@@ -97,3 +100,52 @@ def test_transformer_preset_on_a_sharded_directory(tmp_path):
     got = sharded.open_dir(tmp_path / "out").load(list(state))
     assert all(torch.equal(got[n], expected[n]) for n in state)
     assert torch.equal(got["lm_head.weight"], state["lm_head.weight"])
+
+
+class TinyStyleGAN(nn.Module):
+    """Parameter names as in the official StyleGAN2/3 generator."""
+
+    def __init__(self):
+        super().__init__()
+        self.mapping = nn.ModuleDict({"fc0": nn.Linear(8, 8)})
+        block = nn.Module()
+        block.const = nn.Parameter(torch.randn(16, 4, 4))
+        conv = nn.Module()
+        conv.weight = nn.Parameter(torch.randn(16, 16, 3, 3))
+        conv.bias = nn.Parameter(torch.randn(16))
+        conv.noise_strength = nn.Parameter(torch.tensor(0.1))
+        conv.affine = nn.Linear(8, 16)
+        block.conv1 = conv
+        block.torgb = nn.Conv2d(16, 3, 1)
+        self.synthesis = nn.ModuleDict({"b4": block})
+
+
+def test_stylegan_preset_selects_synthesis_only():
+    g = TinyStyleGAN()
+    before = {n: p.detach().clone() for n, p in g.named_parameters()}
+    report = svs.refine_model(g, preset="stylegan2")
+    changed = {n for n, p in g.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {
+        "synthesis.b4.conv1.weight", "synthesis.b4.conv1.bias", "synthesis.b4.conv1.affine.weight",
+        "synthesis.b4.conv1.affine.bias", "synthesis.b4.torgb.weight", "synthesis.b4.torgb.bias",
+    }
+    assert {r.name for r in report.records} == changed
+    assert_matches(g.synthesis.b4.conv1.weight.detach(), reference_refine(before["synthesis.b4.conv1.weight"]))
+
+
+def test_stylegan_preset_on_the_synthesis_network_itself():
+    g = TinyStyleGAN()
+    report = svs.refine_model(g.synthesis, preset="stylegan3")
+    assert len(report.weights) == 3
+
+
+def test_generic_include_exclude_and_bias_pairing():
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Conv2d(5, 4, 3), nn.LayerNorm(4))
+    report = svs.refine_model(model, exclude=r"^2\.weight$", dry_run=True)
+    assert [r.name for r in report.records] == ["0.weight", "0.bias"]  # 2.bias has no refined weight
+    report = svs.refine_model(model, include=r"^2\.", dry_run=True)
+    assert [r.name for r in report.records] == ["2.weight", "2.bias"]
+    with pytest.raises(ValueError, match="selects no weight"):
+        svs.refine_model(model, include="nothing-matches")
+    with pytest.raises(ValueError, match="unknown preset"):
+        svs.refine_model(model, preset="vit")

@@ -8,16 +8,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from svs import io
-
-
-class Payload:
-    """Unpickling it calls open(marker, "w"): proof that code from the file ran."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
+from tests.reference import Payload
 
 
 def test_formats_load_without_consent(tmp_path):

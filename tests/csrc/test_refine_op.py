@@ -1,4 +1,4 @@
-"""torch.ops.svs.refine on the CPU against a float64 numpy reference (tests/conftest.py).
+"""torch.ops.svs.refine on the CPU against a float64 numpy reference (tests/reference.py).
 
 Tolerances (relative Frobenius error of each output against the float64 reference computed from
 the same input values):
@@ -15,7 +15,7 @@ from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra.numpy import arrays  # noqa: F401  (hypothesis.extra is part of the pin)
 
 import svs
-from conftest import TOL, assert_matches, reference_bias, reference_refine
+from tests.reference import assert_matches, reference_bias, reference_refine
 
 MAPS = ["sqrt", "log1p", "abslog", "power:0.3", "ones", "spectral", "square", "identity"]
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]

@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> None:
 
 LABELS = {"pruned": "pruned", "reset": "pruned + GN reset", "svs-keepnorm": "pruned + SVS (GN kept)",
           "svs": "pruned + SVS + GN reset (authors')", "random": "random init"}
+COLORS = {"pruned": "C0", "reset": "C1", "svs-keepnorm": "C2", "svs": "C3", "random": "C4"}  # one per variant in every figure
 BEGIN, END = "<!-- tables: scripts/svs_experiment.py report -->", "<!-- end of tables -->"
 
 
@@ -152,10 +153,11 @@ def report(args: argparse.Namespace) -> None:
                          f"{_ms([_fid_at(r, 200) for r in rs])} | {_ms([r['eval'][-1]['ssim'] for r in rs], 3)} | "
                          f"{_ms([r['eval'][-1]['confidence'] for r in rs], 3)} |")
             fids = np.array([[e["fid"] for e in r["eval"]] for r in rs])
-            ax.errorbar([e["step"] for e in rs[0]["eval"]], fids.mean(0), yerr=fids.std(0), label=LABELS[variant], capsize=2)
+            ax.errorbar([e["step"] for e in rs[0]["eval"]], fids.mean(0), yerr=fids.std(0), label=LABELS[variant],
+                        color=COLORS[variant], capsize=2)
         ax.axhline(teacher["fid"], color="gray", linestyle=":", label="teacher")
         ax.set(yscale="log", title=f"{imp}, sparsity {ratio:.0%}", xlabel="fine-tuning step", ylabel="FID")
-    axes[0][0].legend(fontsize=7)
+    max(axes[0], key=lambda a: len(a.lines)).legend(fontsize=7)  # the panel with every variant
     fig.tight_layout()
     fig.savefig(out / "fid_vs_steps.png")
     plt.close(fig)
@@ -176,7 +178,7 @@ def report(args: argparse.Namespace) -> None:
                 lines.append(f"| {LABELS[variant]} | {len(rs)} | " + " | ".join(_ms([_fid_at(r, st) for r in rs]) for st in shown)
                              + f" | {_paired(long, 'pruned', variant=variant) if variant != 'pruned' else ''} |")
                 fids = np.array([[e["fid"] for e in r["eval"]] for r in rs])
-                ax.errorbar(steps, fids.mean(0), yerr=fids.std(0), label=LABELS[variant], capsize=2)
+                ax.errorbar(steps, fids.mean(0), yerr=fids.std(0), label=LABELS[variant], color=COLORS[variant], capsize=2)
         ax.axhline(teacher["fid"], color="gray", linestyle=":", label="teacher")
         ax.set(yscale="log", xlabel="fine-tuning step", ylabel="FID", title=f"taylor, sparsity 50 %, {steps[-1]} steps")
         ax.legend(fontsize=7)

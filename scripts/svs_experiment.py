@@ -107,10 +107,11 @@ def _select(runs, **want):
     return sorted((r for r in runs if all(r.get(k) == v for k, v in want.items())), key=lambda r: r["seed"])
 
 
-def _paired(runs, base, **want) -> str:
-    """FID at the end minus the same seed's ``base`` variant (same pruning, same data order)."""
-    other = {r["seed"]: r["eval"][-1]["fid"] for r in _select(runs, variant=base, **{k: v for k, v in want.items() if k != "variant"})}
-    diffs = [r["eval"][-1]["fid"] - other[r["seed"]] for r in _select(runs, **want) if r["seed"] in other]
+def _paired(rows, base) -> str:
+    """FID at the end of each run in ``rows`` minus that of the same seed's run in ``base`` (same
+    pruned weights, same data order)."""
+    other = {r["seed"]: r["eval"][-1]["fid"] for r in base}
+    diffs = [r["eval"][-1]["fid"] - other[r["seed"]] for r in rows if r["seed"] in other]
     return _ms(diffs) if diffs else "-"
 
 
@@ -149,7 +150,7 @@ def report(args: argparse.Namespace) -> None:
             if not rs:
                 continue
             lines.append(f"| {imp} | {ratio:.0%} | {LABELS[variant]} | {len(rs)} | {_ms([r['eval'][-1]['fid'] for r in rs])} | "
-                         f"{_paired(short, 'pruned', importance=imp, ratio=ratio, variant=variant) if variant != 'pruned' else ''} | "
+                         f"{_paired(rs, _select(short, importance=imp, ratio=ratio, variant='pruned')) if variant != 'pruned' else ''} | "
                          f"{_ms([_fid_at(r, 200) for r in rs])} | {_ms([r['eval'][-1]['ssim'] for r in rs], 3)} | "
                          f"{_ms([r['eval'][-1]['confidence'] for r in rs], 3)} |")
             fids = np.array([[e["fid"] for e in r["eval"]] for r in rs])
@@ -176,7 +177,7 @@ def report(args: argparse.Namespace) -> None:
             rs = _select(long, variant=variant)
             if rs:
                 lines.append(f"| {LABELS[variant]} | {len(rs)} | " + " | ".join(_ms([_fid_at(r, st) for r in rs]) for st in shown)
-                             + f" | {_paired(long, 'pruned', variant=variant) if variant != 'pruned' else ''} |")
+                             + f" | {_paired(rs, _select(long, variant='pruned')) if variant != 'pruned' else ''} |")
                 fids = np.array([[e["fid"] for e in r["eval"]] for r in rs])
                 ax.errorbar(steps, fids.mean(0), yerr=fids.std(0), label=LABELS[variant], color=COLORS[variant], capsize=2)
         ax.axhline(teacher["fid"], color="gray", linestyle=":", label="teacher")
@@ -198,9 +199,7 @@ def report(args: argparse.Namespace) -> None:
         for m in PLANS["maps"]["maps"]:
             rs = _select(maps, variant=variant, map=m)
             if rs:
-                paired = {r["seed"]: r["eval"][-1]["fid"] for r in _select(short, importance="taylor", ratio=0.5, variant="pruned")}
-                diffs = [r["eval"][-1]["fid"] - paired[r["seed"]] for r in rs if r["seed"] in paired]
-                lines.append(f"| {m} | {len(rs)} | {_ms([r['eval'][-1]['fid'] for r in rs])} | {_ms(diffs) if diffs else '-'} | "
+                lines.append(f"| {m} | {len(rs)} | {_ms([r['eval'][-1]['fid'] for r in rs])} | {_paired(rs, _select(short, importance='taylor', ratio=0.5, variant='pruned'))} | "
                              f"{_ms([_fid_at(r, 200) for r in rs])} | {_ms([r['eval'][-1]['ssim'] for r in rs], 3)} |")
         lines.append("")
 

@@ -14,6 +14,7 @@ NAMES: Tuple[str, ...] = tuple(torch.ops.svs._map_names())
 CODES: Dict[str, int] = {name.split(":")[0]: code for code, name in enumerate(NAMES)}
 IDENTITY = CODES["identity"]  # the largest code
 
+
 def parse_map(name: str) -> Tuple[int, float]:
     """(map code, power) for a map name; raises RuntimeError with the C++ operator's message."""
     try:

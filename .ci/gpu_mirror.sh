@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # A mirror of the GPU machine's software stack on a machine without a GPU (called by .ci/run):
-# Python 3.12, PyPI's torch 2.11.0 (the CUDA 13.0 build, with the nvidia-*/cuda-toolkit wheels it
-# pulls), triton 3.6, cupy-cuda13x, pinned in constraints-cu130.txt, in .venv-cu130; nvcc 13.0 of
-# this machine. In it, without a GPU or a driver:
-#   1. .ci/gpu_check.sh --until-gpu: the GPU check up to its first step that needs a GPU: CUDA_HOME
-#      from nvcc + the wheels (.ci/cuda_home.sh), the setup.py build with the CUDA kernel, and
-#      .ci/check_cuda_build.py (every undefined symbol resolves, `import svs_kernels` works, the
-#      CUDA kernels of the svs:: operators are registered, libcusolver/libcublas are torch's);
+# Python 3.12 and exactly the image's packages (constraints-cu130.txt: torch 2.11.0+cu130, triton
+# 3.6, numpy 2.5.2, transformers, peft, cupy; no diffusers, no torch-pruning), in .venv-cu130; nvcc
+# 13.0 of this machine. In it, without a GPU or a driver:
+#   1. the rehearsal of the GPU check: `.ci/gpu_check.sh 1 --dry-run` (CUDA_HOME from nvcc + the
+#      wheels (.ci/cuda_home.sh), the setup.py build with the CUDA kernel, .ci/check_cuda_build.py:
+#      every undefined symbol resolves, `import svs_kernels` works, the CUDA kernels of the svs::
+#      operators are registered, libcusolver/libcublas are torch's; the GPU tests, which skip here)
+#      and `.ci/gpu_check.sh 2 --dry-run` (the benchmark's workloads and files, nothing timed); for
+#      each, .ci/gpu_report.py check-out: at most 8 files, none over 16 MiB or deeper than two
+#      folders, and the summary is the last thing printed;
 #   2. the CMake library with -DSVS_CUDA=ON, and the same check of it;
 #   3. the whole test suite (python -m pytest tests -q) on torch 2.11, the CMake test on that library.
 # The mirror builds in a copy of the work tree (.cache/mirror-src), so the CPU build of .venv in the
@@ -37,8 +40,13 @@ done
 part "venv: $VENV ($("$PY312" --version), constraints-cu130.txt)"
 [[ -x "$VENV/bin/python" ]] || "$PY312" -m venv "$VENV" || exit 1
 quiet_pip install -q -c constraints-cu130.txt pip || exit 1
-# requirements.txt without its torch pin (2.13.0, the CPU venv's); the constraints pin 2.11.0.
-quiet_pip install -q -c constraints-cu130.txt -r <(grep -v '^torch==' requirements.txt) torch cupy-cuda13x || exit 1
+# Every package of the image and nothing else (the constraints file is the list); a package left
+# from an older list is removed, so the mirror cannot hide one the image lacks.
+quiet_pip install -q -r constraints-cu130.txt || exit 1
+extra="$(comm -23 <("$VENV/bin/python" -m pip list --format=freeze 2>/dev/null | sed 's/==.*//' | tr 'A-Z_' 'a-z-' | sort) \
+                 <(sed -n 's/==.*//p' constraints-cu130.txt | tr 'A-Z_' 'a-z-' | sort))"
+extra="$(grep -vx 'svs-kernels' <<<"$extra" || true)"
+[[ -z "$extra" ]] || quiet_pip uninstall -q -y $extra || exit 1
 "$VENV/bin/python" -c 'import torch, triton, numpy; print("torch", torch.__version__, "| CUDA", torch.version.cuda, "| triton", triton.__version__, "| numpy", numpy.__version__)'
 
 part "copy of the work tree: $SRC"
@@ -48,10 +56,19 @@ find "$SRC" -mindepth 1 -maxdepth 1 ! -name build ! -name cmake-build -exec rm -
 git ls-files -co --exclude-standard -z | while IFS= read -r -d '' f; do [[ -e "$f" ]] && printf '%s\0' "$f"; done \
   | tar --null -T - -cf - | tar -xf - -C "$SRC"
 rm -rf "$RESULTS"
+mkdir -p "$RESULTS"
 
-part "1. .ci/gpu_check.sh --until-gpu (setup.py build with MAX_JOBS=$MAX_JOBS, checks)"
-(cd "$SRC" && OUT="$RESULTS/gpu-check" PYTHON="$VENV/bin/python" bash .ci/gpu_check.sh --until-gpu) \
-  || FAILED+=("gpu_check --until-gpu")
+# The rehearsal: both stages of the GPU check as the GPU machine runs them (dry: the GPU steps
+# replaced), each into its own $OUT, then what the device would bring back is checked.
+for stage in 1 2; do
+  part "1.$stage .ci/gpu_check.sh $stage --dry-run (OUT: $RESULTS/stage$stage)"
+  (cd "$SRC" && OUT="$RESULTS/stage$stage" PYTHON="$VENV/bin/python" MAX_JOBS="$MAX_JOBS" SVS_TEST_WORKERS=2 \
+     SVS_STAGE_S=1500 SVS_BUILD_S=1200 bash .ci/gpu_check.sh "$stage" --dry-run > "$RESULTS/stage$stage.out" 2>&1) \
+    || FAILED+=("gpu_check $stage --dry-run")
+  tail -n 25 "$RESULTS/stage$stage.out"
+  "$VENV/bin/python" .ci/gpu_report.py check-out "$RESULTS/stage$stage" "$RESULTS/stage$stage.out" \
+    || FAILED+=("stage $stage output")
+done
 CUDA_HOME="$(bash .ci/cuda_home.sh "$VENV/bin/python")" || exit 1  # the same home, for CMake
 export CUDA_HOME
 

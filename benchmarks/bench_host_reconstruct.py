@@ -36,11 +36,11 @@ import torch  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import svs_kernels  # noqa: E402,F401
-from benchmarks.bench_reconstruct import DDPM_P50_FALLBACK, SD15_UNET  # noqa: E402
+from benchmarks.workloads import get_workload  # noqa: E402
 from svs_kernels import triton_ops  # noqa: E402
 from svs_kernels.triton_ops import gemm, reconstruct, stage  # noqa: E402
 
-SHAPES = {"ddpm-cifar10-p50": DDPM_P50_FALLBACK, "sd15-unet": SD15_UNET}
+WORKLOADS = ("ddpm-cifar10-p50", "sd15-unet")
 
 
 def factors(shapes):
@@ -83,10 +83,10 @@ def median_us(fn, repeats: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--workload", default="ddpm-cifar10-p50", choices=sorted(SHAPES))
+    p.add_argument("--workload", default="ddpm-cifar10-p50", choices=WORKLOADS)
     p.add_argument("--repeats", type=int, default=200)
     args = p.parse_args()
-    shapes = [(m, n) for m, n, c in SHAPES[args.workload] for _ in range(c)]
+    shapes = get_workload(args.workload).dims
     u, s, vh, out = factors(shapes)
     launches = []
     stubs = {(reconstruct, "launch_map"): lambda *a, **k: launches.append("map"),

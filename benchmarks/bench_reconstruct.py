@@ -40,73 +40,24 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # ------------------------------------------------------------------------------------------------
-# workloads: (m, n, count) of the flattened weights (shape[0], -1) SVS scales
-
-# llm-8b-p: 32 blocks of q, o (3072x3072), k, v (1024x3072), gate, up (9216x3072), down (3072x9216).
-LLM_BLOCK = [(3072, 3072, 2), (1024, 3072, 2), (9216, 3072, 2), (3072, 9216, 1)]
-
-# sd15-unet: diffusers UNet2DConditionModel() default config, built on the meta device, parameters
-# with 'weight' in the name, ndim >= 2, 'norm' not in the name (282 matrices, 33 shapes; diffusers
-# 0.42). Note the decoder's concat convs reach 1280 x 23040.
-SD15_UNET = [
-    (320, 36, 1), (1280, 320, 1), (1280, 1280, 73), (320, 320, 40), (320, 1280, 20), (2560, 320, 5),
-    (320, 2880, 8), (640, 640, 40), (640, 1280, 16), (5120, 640, 5), (640, 2560, 5), (640, 2880, 1),
-    (640, 5760, 8), (640, 320, 1), (10240, 1280, 6), (1280, 5120, 6), (1280, 5760, 1), (1280, 11520, 20),
-    (1280, 640, 1), (1280, 23040, 5), (1280, 2560, 5), (1280, 17280, 1), (1280, 1920, 1), (640, 17280, 1),
-    (640, 1920, 1), (640, 11520, 1), (640, 8640, 1), (640, 960, 1), (320, 8640, 1), (320, 960, 1),
-    (320, 5760, 2), (320, 640, 2), (4, 2880, 1),
-]
-
-# ddpm-cifar10-p50: svs.experiments.pruning.pruned_ddpm_cifar10(0.5) (seed 0), same selection; used when
-# diffusers/torch-pruning are not installed (113 matrices, 18 shapes, largest 128 x 2304).
-DDPM_P50_FALLBACK = [
-    (64, 27, 1), (256, 128, 1), (256, 256, 1), (64, 576, 8), (64, 256, 5), (128, 128, 24), (128, 576, 1),
-    (128, 256, 25), (128, 1152, 29), (128, 64, 1), (128, 2304, 8), (128, 1728, 1), (128, 192, 1),
-    (64, 1728, 1), (64, 192, 1), (64, 1152, 2), (64, 128, 2), (3, 576, 1),
-]
-
+# workloads: the (m, n) of the flattened weights (shape[0], -1) SVS scales, from benchmarks/workloads.py
+# (the DDPM and SD 1.5 shapes are data there, benchmarks/shapes/, so no diffusers is needed)
 WORKLOADS = ("llm-8b-p", "sd15-unet", "ddpm-cifar10-p50")
 
 
-def _selected_shapes(model) -> List[Tuple[int, int]]:
-    return [(p.shape[0], p.numel() // p.shape[0]) for name, p in model.named_parameters()
-            if "weight" in name and p.ndim >= 2 and "norm" not in name]
-
-
 def workload_shapes(name: str, args) -> Tuple[List[Tuple[int, int]], str]:
-    if name != "llm-8b-p" or args.llm_blocks == 32:
-        try:  # the benchmark suite's definition (benchmarks/workloads.py), when it is there
-            if ROOT not in sys.path:
-                sys.path.insert(0, ROOT)
-            from benchmarks.workloads import get_workload
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from benchmarks.workloads import LLM_PROJ, get_workload
 
-            w = get_workload(name)
-            return [tuple(d) for d in w.dims], f"benchmarks.workloads: {w.description}"
-        except Exception:
-            pass
-    if name == "llm-8b-p":
-        shapes = [(m, n) for _ in range(args.llm_blocks) for m, n, c in LLM_BLOCK for _ in range(c)]
+    if name == "llm-8b-p" and args.llm_blocks != 32:
+        shapes = [(m, n) for _ in range(args.llm_blocks) for _, m, n in LLM_PROJ]
         return shapes, (f"{args.llm_blocks} blocks x (q, o 3072x3072; k, v 1024x3072; gate, up 9216x3072; "
                         "down 3072x9216)")
-    if name == "sd15-unet":
-        try:
-            from diffusers import UNet2DConditionModel
-
-            with torch.device("meta"):
-                shapes = _selected_shapes(UNet2DConditionModel())
-            return shapes, "diffusers UNet2DConditionModel() default config on the meta device"
-        except Exception as e:  # diffusers missing: the list written from it
-            return [(m, n) for m, n, c in SD15_UNET for _ in range(c)], f"built-in list (diffusers unavailable: {e!r})"
-    if name == "ddpm-cifar10-p50":
-        try:
-            sys.path.insert(0, os.path.join(ROOT, "python"))
-            from svs.experiments.pruning import pruned_ddpm_cifar10
-
-            return _selected_shapes(pruned_ddpm_cifar10(0.5)), "svs.experiments.pruning.pruned_ddpm_cifar10(0.5)"
-        except Exception as e:
-            shapes = [(m, n) for m, n, c in DDPM_P50_FALLBACK for _ in range(c)]
-            return shapes, f"built-in list (pruning unavailable: {e!r})"
-    raise SystemExit(f"unknown workload {name!r}; expected one of {', '.join(WORKLOADS)}")
+    if name not in WORKLOADS:
+        raise SystemExit(f"unknown workload {name!r}; expected one of {', '.join(WORKLOADS)}")
+    w = get_workload(name)
+    return [tuple(d) for d in w.dims], f"benchmarks.workloads: {w.description}"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -71,13 +71,15 @@ def environment(device: str) -> Dict:
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
     }
-    if device == "cuda":
+    if device == "cuda" and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         env["gpu"] = torch.cuda.get_device_name(0)
         env["gpu_capability"] = f"{p.major}.{p.minor}"
         env["gpu_memory_gib"] = round(p.total_memory / 2**30, 1)
         env["cuda_driver"] = _nvidia_smi("driver_version")
         env["device_name"] = env["gpu"]
+    elif device == "cuda":
+        env["device_name"] = "no GPU visible (a dry run)"
     else:
         env["device_name"] = env["cpu"]
     try:
@@ -120,15 +122,20 @@ def fmt_err(e: Optional[float]) -> str:
 
 
 def fmt_speedup(row: Dict) -> str:
+    """The measured speedup, or why none is quoted (benchmarks.run.add_speedups)."""
     s = row.get("speedup")
     if s is None:
-        return "-"
-    text = f"{s:.2f}x" if s < 100 else f"{s:,.0f}x"
-    return ("≈" + text) if row.get("speedup_estimated") else text
+        return f"not quoted: {row['speedup_note']}" if row.get("speedup_note") else "-"
+    return f"{s:.2f}x" if s < 100 else f"{s:,.0f}x"
 
 
-def markdown(env: Dict, workloads: List[Dict], rows: List[Dict], settings: Dict) -> str:
+def markdown(env: Dict, workloads: List[Dict], rows: List[Dict], settings: Dict, complete: bool = True) -> str:
     lines = [f"# svs.refine benchmark: {env['device']} ({env['device_name']})", ""]
+    if not complete:
+        lines += ["**INCOMPLETE**: the run had not finished when this was written (cut off by a time "
+                  "limit, or still running): only the rows below were measured.", ""]
+    if settings.get("dry_run"):
+        lines += ["**DRY RUN**: nothing was timed (`--dry-run` rehearses the run's files).", ""]
     lines.append(f"- date: {env['date']}")
     lines.append(f"- command: `{env['command']}`")
     vers = ", ".join(f"{k} {env[k]}" for k in ("torch", "torch_cuda", "triton", "numpy", "cupy") if env.get(k))
@@ -167,7 +174,8 @@ def markdown(env: Dict, workloads: List[Dict], rows: List[Dict], settings: Dict)
                      f"{fmt_speedup(r)} | {fmt_err(r.get('max_rel_err'))} | {note} |")
     lines.append("")
     lines.append("max rel err: max over matrices of ||W' - W'_ref||_F / ||W'_ref||_F, W'_ref from a float64 "
-                 "SVD of the same float32 input. ≈: speedup against the estimated (skipped) baseline.")
+                 "SVD of the same float32 input. A speedup is quoted only between two measured rows whose "
+                 "timings are steady (max <= 2x min); never against an estimate.")
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +187,7 @@ def plot(rows: List[Dict], workloads: List[Dict], path: Path, title: str) -> Opt
         import matplotlib.pyplot as plt
     except Exception:
         return None
-    peers = []
+    peers = []  # only measured, quoted speedups are drawn (benchmarks.run.add_speedups)
     for r in rows:
         if r["status"] == "ok" and r.get("speedup") and r["peer"] not in peers:
             peers.append(r["peer"])
@@ -212,14 +220,24 @@ def plot(rows: List[Dict], workloads: List[Dict], path: Path, title: str) -> Opt
     return path
 
 
-def write(out_dir: Path, stem: str, env: Dict, workloads: List[Dict], rows: List[Dict], settings: Dict
-          ) -> Dict[str, Path]:
+def _replace(path: Path, text: str) -> None:
+    """Write through a temporary and a rename, so a reader (or a kill) never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write(out_dir: Path, stem: str, env: Dict, workloads: List[Dict], rows: List[Dict], settings: Dict,
+          complete: bool = True) -> Dict[str, Path]:
+    """md and json (the plot too once complete) as out_dir/stem.*; rewritten as rows come in."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = markdown(env, workloads, rows, settings)
     paths = {"md": out_dir / f"{stem}.md", "json": out_dir / f"{stem}.json", "png": out_dir / f"{stem}.png"}
-    paths["md"].write_text(md)
-    paths["json"].write_text(json.dumps({"environment": env, "settings": settings, "workloads": workloads,
-                                         "results": rows}, indent=1, default=str) + "\n")
-    if plot(rows, workloads, paths["png"], f"{env['device']}: {env['device_name']}") is None:
+    _replace(paths["md"], markdown(env, workloads, rows, settings, complete))
+    _replace(paths["json"], json.dumps({"environment": env, "settings": settings, "complete": complete,
+                                        "workloads": workloads, "results": rows}, indent=1, default=str) + "\n")
+    title = f"{env['device']}: {env['device_name']}"
+    if any(w.get("subsample") for w in workloads):
+        title += "\nSUBSAMPLED: k of N matrices per workload, not full-workload times"
+    if not complete or plot(rows, workloads, paths["png"], title) is None:
         del paths["png"]
     return paths

@@ -5,7 +5,9 @@
     python -m benchmarks.run --list
     python -m benchmarks.run --merge A.json B.json [...]     # one table from several runs
 
-Prints a Markdown table and writes benchmarks/results/<device>-<date>.{md,json,png}.
+Prints a Markdown table and writes <device>-<date>.{md,json,png} to --out (default
+benchmarks/.cache/results, untracked; pass --out benchmarks/results for results to commit). The md
+and json are rewritten after every measured peer, so a run cut off by a time limit keeps its rows.
 See benchmarks/README.md for how to read it.
 """
 from __future__ import annotations
@@ -24,11 +26,12 @@ import torch
 from . import harness, peers as peers_mod, report
 from .workloads import WORKLOADS, Workload, get_workload, rotated_copy
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ADHOC_DIR = Path(__file__).resolve().parent / ".cache" / "results"  # untracked: ad-hoc runs
 DEFAULT_MAX_RUN_S = {"cpu": 60.0, "cuda": 20.0}
-# A skipped baseline's estimate is used for the speedup column (marked ≈) only when its probe ran
-# this long; shorter probes extrapolate too far to be quoted.
-MIN_PROBE_FOR_SPEEDUP_S = 1.0
+# No speedup is quoted against a baseline that was only estimated, nor from timings whose max is
+# over STALL_SPREAD x their min: such a spread means the machine stalled (another process, a
+# throttled CPU quota), and the median of a few calls can land on either side of it.
+STALL_SPREAD = 2.0
 
 
 def log(msg: str) -> None:
@@ -62,12 +65,46 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def run_workload(wl: Workload, peer_list: List[peers_mod.Peer], args, flush: harness.CacheFlusher
-                 ) -> (Dict, List[Dict]):
+class Results:
+    """The run's workloads and rows, written (md, json) again after every row, so a run cut off by a
+    time limit keeps everything it measured (the JSON says "complete": false until the end); the
+    plot is drawn once, at the end."""
+
+    def __init__(self, args, env: Dict, settings: Dict, stem: str):
+        self.args, self.env, self.settings, self.stem = args, env, settings, stem
+        self.workloads: List[Dict] = []
+        self.rows: List[Dict] = []
+        self.order = {p: i for i, p in enumerate(settings["peers"])}
+
+    def add(self, row: Dict) -> None:
+        self.rows.append(row)
+        self.save(complete=False)
+
+    def save(self, complete: bool) -> Dict[str, Path]:
+        wl_order = {w["label"]: i for i, w in enumerate(self.workloads)}
+        self.rows.sort(key=lambda r: (wl_order.get(r["workload"], 1 << 30), self.order.get(r["peer"], 1 << 30)))
+        add_speedups(self.rows)
+        if self.args.no_write:
+            return {}
+        return report.write(self.args.out, self.stem, self.env, self.workloads, self.rows, self.settings,
+                            complete=complete)
+
+
+def dry_run_workload(wl: Workload, peer_list: List[peers_mod.Peer], args, results: Results) -> None:
+    """What a run does without timing: the workload (its shapes, and its first matrix drawn on the
+    CPU) and one row per peer, so the files and the table of a run can be rehearsed anywhere."""
+    results.workloads.append(dict(wl.summary(), subsample=wl.is_subsample))
+    wl.subsample(1).materialize("cpu")
+    for peer in peer_list:
+        results.add(_row(wl, peer, "dry-run", reason="not timed (--dry-run)" + (f"; {peer.skip}" if peer.skip else "")))
+
+
+def run_workload(wl: Workload, peer_list: List[peers_mod.Peer], args, flush: harness.CacheFlusher,
+                 results: Results) -> None:
     device = args.device
-    summary = wl.summary()
-    summary["subsample"] = wl.is_subsample
-    rows: List[Dict] = []
+    summary = dict(wl.summary(), subsample=wl.is_subsample)
+    results.workloads.append(summary)
+    rows = results  # every row goes to the results at once (and to disk)
     log(f"== {wl.label}: {len(wl)} matrices, {wl.params / 1e6:.2f}M params, {wl.n_shapes} shapes")
 
     # 1. Which peers run: availability, then a time estimate from small probes.
@@ -75,20 +112,20 @@ def run_workload(wl: Workload, peer_list: List[peers_mod.Peer], args, flush: har
     plan = []
     for peer in peer_list:
         if peer.skip:
-            rows.append(_row(wl, peer, "skipped", reason=peer.skip))
+            rows.add(_row(wl, peer, "skipped", reason=peer.skip))
             continue
         try:
             est = harness.estimate(peer.fn, wl, device, args.max_run_s, probe_cache)
         except Exception as e:  # noqa: BLE001 - a failing peer is a result, not a crash
-            rows.append(_row(wl, peer, "error", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"))
+            rows.add(_row(wl, peer, "error", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"))
             log(f"   {peer.name}: error in probe: {e}")
             _free(device)
             continue
         if args.estimate_only:
-            rows.append(_row(wl, peer, "estimated", estimate_s=est.seconds, reason=est.describe()))
+            rows.add(_row(wl, peer, "estimated", estimate_s=est.seconds, reason=est.describe()))
             log(f"   {peer.name}: {est.describe()}")
         elif est.seconds > args.max_run_s and not args.no_skip:
-            rows.append(_row(wl, peer, "skipped", estimate_s=est.seconds, estimate_probe_s=est.probe_seconds,
+            rows.add(_row(wl, peer, "skipped", estimate_s=est.seconds, estimate_probe_s=est.probe_seconds,
                              reason=f"too slow here: {est.describe()} > --max-run-s {args.max_run_s:g}"))
             log(f"   {peer.name}: skipped, {est.describe()}")
         else:
@@ -108,7 +145,7 @@ def run_workload(wl: Workload, peer_list: List[peers_mod.Peer], args, flush: har
         avail = harness.memory_available(device)
         if need > 0.9 * avail:
             for peer, est in plan:
-                rows.append(_row(wl, peer, "skipped", estimate_s=est.seconds,
+                rows.add(_row(wl, peer, "skipped", estimate_s=est.seconds,
                                  reason=f"needs ~{need / 2**30:.1f} GiB for inputs and outputs, "
                                         f"{avail / 2**30:.1f} GiB available; {est.describe()}"))
             plan = []
@@ -148,7 +185,7 @@ def run_workload(wl: Workload, peer_list: List[peers_mod.Peer], args, flush: har
                 err = peers_mod.max_rel_err([out_w[i] for i in subset], refs)
                 berr = peers_mod.max_bias_err(out_b, base[1])
                 q1, q3 = stats.iqr
-                rows.append(_row(wl, peer, "ok", median_ms=stats.median, min_ms=stats.min, max_ms=stats.max,
+                rows.add(_row(wl, peer, "ok", median_ms=stats.median, min_ms=stats.min, max_ms=stats.max,
                                  q1_ms=q1, q3_ms=q3, times_ms=stats.times_ms, warmup_ms=stats.warmup_ms,
                                  estimate_s=est.seconds, max_rel_err=err, max_bias_rel_err=berr,
                                  out_dtype=str(out_w[0].dtype).replace("torch.", "")))
@@ -156,33 +193,38 @@ def run_workload(wl: Workload, peer_list: List[peers_mod.Peer], args, flush: har
                     f"err {err:.1e}")
                 del first, out_w, out_b
             except Exception as e:  # noqa: BLE001
-                rows.append(_row(wl, peer, "error", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"))
+                rows.add(_row(wl, peer, "error", reason=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"))
                 log(f"   {peer.name}: error: {e}")
             _free(device)
         del inputs, base, refs
         _free(device)
 
-    # 5. Speedups against torch.linalg.svd per layer (its estimate when it was skipped).
-    order = {p.name: i for i, p in enumerate(peer_list)}
-    rows.sort(key=lambda r: order.get(r["peer"], 1 << 30))
-    add_speedups(rows)
-    return summary, rows
+
+def stalled(row: Dict) -> bool:
+    """Whether a measured row's timings spread so far that the machine stalled during them."""
+    return row["max_ms"] > STALL_SPREAD * row["min_ms"]
 
 
 def add_speedups(rows: List[Dict]) -> None:
+    """speedup = baseline median / row median, only between two measured, steady rows; otherwise
+    None, and `speedup_note` says why no number is quoted."""
     by_wl: Dict[str, Dict] = {}
     for r in rows:
         if r["peer"] == peers_mod.BASELINE:
             by_wl[r["workload"]] = r
     for r in rows:
         b = by_wl.get(r["workload"])
-        r["speedup"], r["speedup_estimated"] = None, False
+        r["speedup"], r["speedup_note"] = None, None
         if r["status"] != "ok" or b is None:
             continue
-        if b["status"] == "ok":
+        if b["status"] != "ok":
+            r["speedup_note"] = "baseline not measured" + (" (only estimated)" if b.get("estimate_s") else "")
+        elif stalled(b) or stalled(r):
+            which = [x for x, row in (("baseline", b), ("this peer", r)) if stalled(row)]
+            r["speedup_note"] = (f"timings of {' and '.join(dict.fromkeys(which))} spread over "
+                                 f"{STALL_SPREAD:g}x (a stall)")
+        else:
             r["speedup"] = b["median_ms"] / r["median_ms"]
-        elif b.get("estimate_s") and b.get("estimate_probe_s", 0.0) >= MIN_PROBE_FOR_SPEEDUP_S:
-            r["speedup"], r["speedup_estimated"] = b["estimate_s"] * 1e3 / r["median_ms"], True
 
 
 def _split(values: Optional[List[str]]) -> List[str]:
@@ -216,7 +258,10 @@ def parse_args(argv=None):
                    help="at most this many bytes of input copies (default 1 GiB); big workloads get fewer")
     p.add_argument("--settle-s", type=float, default=0.5,
                    help="pause before each peer's timed calls, so BLAS threads of the previous one go idle")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR, help=f"output folder (default {RESULTS_DIR})")
+    p.add_argument("--out", type=Path, default=ADHOC_DIR,
+                   help=f"output folder (default {ADHOC_DIR}, untracked; results to commit go to benchmarks/results)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the workloads and peers and write the files, timing nothing (rehearses a run)")
     p.add_argument("--no-write", action="store_true", help="print the table only")
     p.add_argument("--list", action="store_true", help="list workloads and peers, then exit")
     p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
@@ -231,9 +276,9 @@ def parse_args(argv=None):
     return args
 
 
-def _stem(device: str, subsampled: bool) -> str:
+def _stem(device: str, subsampled: bool, dry_run: bool = False) -> str:
     stamp = _dt.datetime.now().strftime("%Y-%m-%d-%H%M%S")
-    return f"{device}-{stamp}{'-subsample' if subsampled else ''}"
+    return f"{device}-{stamp}{'-subsample' if subsampled else ''}{'-dry-run' if dry_run else ''}"
 
 
 def merge(args) -> int:
@@ -249,11 +294,12 @@ def merge(args) -> int:
         workloads += r["workloads"]
         rows += r["results"]
     settings = dict(runs[0]["settings"])
-    md = report.markdown(env, workloads, rows, settings)
-    print(md)
+    complete = all(r.get("complete", True) for r in runs)
+    add_speedups(rows)
+    print(report.markdown(env, workloads, rows, settings, complete=complete))
     if not args.no_write:
-        paths = report.write(args.out, _stem(env["device"], any(w["subsample"] for w in workloads)) + "-merged",
-                             env, workloads, rows, settings)
+        stem = _stem(env["device"], any(w["subsample"] for w in workloads), settings.get("dry_run", False))
+        paths = report.write(args.out, stem + "-merged", env, workloads, rows, settings, complete=complete)
         log("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -262,7 +308,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.merge:
         return merge(args)
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available() and not args.dry_run:
         log("--device cuda: torch sees no CUDA device")
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 peers really in float32
@@ -288,27 +334,27 @@ def main(argv=None) -> int:
         return 0
 
     env = report.environment(args.device)
-    flush_bytes = _flush_bytes(args.device)
-    flush = harness.CacheFlusher(args.device, flush_bytes)
+    flush_bytes = 0 if args.dry_run else _flush_bytes(args.device)
     settings = dict(repeats=args.repeats, warmup=1, copies=args.copies, copy_bytes=args.copy_bytes,
                     max_run_s=args.max_run_s, no_skip=args.no_skip, quick=args.quick,
                     max_matrices=args.max_matrices, settle_s=args.settle_s, flush_mib=flush_bytes >> 20, workloads=names,
-                    peers=[p.name for p in peer_list], routes=dict(peers_mod.ROUTES))
+                    peers=[p.name for p in peer_list], routes=dict(peers_mod.ROUTES), dry_run=args.dry_run)
     log(f"device {args.device}: {env['device_name']}; torch threads {env['torch_threads']}")
-    workloads, rows = [], []
+    chosen = []
     for n in names:
         wl = get_workload(n)
-        k = args.max_matrices if args.max_matrices is not None else (wl.quick if args.quick else None)
-        wl = wl.subsample(k)
-        summary, wl_rows = run_workload(wl, peer_list, args, flush)
-        workloads.append(summary)
-        rows.extend(wl_rows)
+        chosen.append(wl.subsample(args.max_matrices if args.max_matrices is not None else (wl.quick if args.quick else None)))
+    results = Results(args, env, settings, _stem(args.device, any(wl.is_subsample for wl in chosen), args.dry_run))
+    flush = None if args.dry_run else harness.CacheFlusher(args.device, flush_bytes)
+    for wl in chosen:
+        if args.dry_run:
+            dry_run_workload(wl, peer_list, args, results)
+        else:
+            run_workload(wl, peer_list, args, flush, results)
 
-    md = report.markdown(env, workloads, rows, settings)
-    print(md)
-    if not args.no_write:
-        paths = report.write(args.out, _stem(args.device, any(w["subsample"] for w in workloads)),
-                             env, workloads, rows, settings)
+    paths = results.save(complete=True)
+    print(report.markdown(env, results.workloads, results.rows, settings, complete=True))
+    if paths:
         log("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

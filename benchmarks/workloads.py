@@ -18,7 +18,9 @@ Independent rotated copies for timing (`rotated_copy`) are exact orthogonal tran
 (random row/column permutations and signs), so they cost O(mn) and keep the spectrum bit-for-bit.
 Generated float32 matrices have singular values equal to s to about 1e-6 * s_max.
 
-Workloads (`WORKLOADS`, `get_workload(name)`):
+Workloads (`WORKLOADS`, `get_workload(name)`); the DDPM and SD 1.5 shapes are read from
+benchmarks/shapes/ (written from the real models by benchmarks/model_shapes.py), so no workload
+needs diffusers or torch-pruning:
   ddpm-cifar10-p30/p50/p70  svs.experiments.pruning.pruned_ddpm_cifar10(ratio): named_parameters with
                             'weight' in the name, ndim >= 2, no 'norm'; plus their biases.
   stylegan2-base / -small   the StyleGAN2 synthesis network at 256x256 (stylegan2-ada-pytorch /
@@ -31,13 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from . import model_shapes
 
 Shape = Tuple[int, ...]
 
@@ -239,9 +240,6 @@ def rotated_copy(weights: Sequence[torch.Tensor], biases: Sequence[Optional[torc
 # --------------------------------------------------------------------------------------------
 # Shapes of the models
 # --------------------------------------------------------------------------------------------
-_CACHE_DIR = Path(os.environ.get("SVS_BENCH_CACHE", Path(__file__).resolve().parent / ".cache"))
-
-
 def _select(named_shapes: Sequence[Tuple[str, Shape]]) -> Tuple[List[str], List[Shape], List[bool]]:
     """The authors' selection: 'weight' in the name, ndim >= 2, no 'norm'; bias = '<module>.bias'."""
     table = dict(named_shapes)
@@ -255,25 +253,6 @@ def _select(named_shapes: Sequence[Tuple[str, Shape]]) -> Tuple[List[str], List[
     return names, shapes, bias
 
 
-def _cached(key: str, build: Callable[[], List[Tuple[str, Shape]]]) -> List[Tuple[str, Shape]]:
-    """Shapes of a model, cached in benchmarks/.cache (building the pruned DDPM takes ~15 s)."""
-    path = _CACHE_DIR / f"{key}.json"
-    if path.exists():
-        try:
-            return [(n, tuple(s)) for n, s in json.loads(path.read_text())]
-        except (ValueError, TypeError):
-            pass
-    named = build()
-    try:
-        _CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps([[n, list(s)] for n, s in named]))
-        tmp.replace(path)
-    except OSError:
-        pass
-    return named
-
-
 def dist_version(dist: str) -> Optional[str]:
     """The installed version of a distribution, or None."""
     from importlib import metadata
@@ -282,28 +261,6 @@ def dist_version(dist: str) -> Optional[str]:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _ddpm_named_shapes(ratio: float) -> List[Tuple[str, Shape]]:
-    def build():
-        from svs.experiments.pruning import pruned_ddpm_cifar10
-
-        model = pruned_ddpm_cifar10(ratio)
-        return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
-
-    key = f"ddpm-cifar10-r{ratio}-diffusers{dist_version('diffusers')}-tp{dist_version('torch-pruning')}"
-    return _cached(key, build)
-
-
-def _sd15_named_shapes() -> List[Tuple[str, Shape]]:
-    def build():
-        from diffusers import UNet2DConditionModel
-
-        with torch.device("meta"):
-            model = UNet2DConditionModel()
-        return [(n, tuple(p.shape)) for n, p in model.named_parameters()]
-
-    return _cached(f"sd15-unet-diffusers{dist_version('diffusers')}", build)
 
 
 STYLEGAN2_CONFIGS = {
@@ -369,11 +326,10 @@ def _from_named(name, description, named, quick) -> Workload:
 
 
 def _ddpm(ratio: float) -> Workload:
-    pct = round(ratio * 100)
+    name = f"ddpm-cifar10-p{round(ratio * 100)}"
     return _from_named(
-        f"ddpm-cifar10-p{pct}",
-        f"CIFAR-10 DDPM UNet (google/ddpm-cifar10-32 config), Torch-Pruning magnitude {pct} %, conv_out kept",
-        _ddpm_named_shapes(ratio), quick=24)
+        name, f"CIFAR-10 DDPM UNet (google/ddpm-cifar10-32 config), Torch-Pruning magnitude "
+              f"{round(ratio * 100)} %, conv_out kept", model_shapes.load(name), quick=24)
 
 
 def _stylegan2(size: str) -> Workload:
@@ -387,7 +343,7 @@ def _stylegan2(size: str) -> Workload:
 
 def _sd15() -> Workload:
     return _from_named("sd15-unet", "diffusers UNet2DConditionModel() default config (SD 1.5 UNet)",
-                       _sd15_named_shapes(), quick=8)
+                       model_shapes.load("sd15-unet"), quick=8)
 
 
 def _llm() -> Workload:

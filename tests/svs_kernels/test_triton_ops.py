@@ -37,11 +37,43 @@ else:
     R = None
     _INTERP = False
 
+
+def _interpreter_problem():
+    """Why Triton's interpreter cannot run these kernels here, or None. Triton 3.6's interpreter
+    turns a loaded scalar into a Python int with int(ndarray), which numpy >= 2.3 refuses for arrays
+    of one element ("only 0-dimensional arrays can be converted to Python scalars"): the GPU image
+    (triton 3.6.0, numpy 2.5.2) and its CI mirror hit it; there the kernels run compiled on a GPU
+    instead, and the main CI environment (triton 3.9, numpy 2.4) runs them interpreted. Probed by
+    running the construct, not by comparing versions."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def probe(n_ptr, out_ptr):
+        total = 0
+        for i in range(tl.load(n_ptr)):  # a loaded scalar as a loop bound: __index__
+            total += i
+        tl.store(out_ptr, total)
+
+    n, out = torch.tensor([3], dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    try:
+        probe[(1,)](n, out)
+    except Exception as e:  # noqa: BLE001 - the interpreter's failure is the answer
+        import numpy
+
+        return (f"Triton {triton.__version__}'s interpreter fails with numpy {numpy.__version__} "
+                f"({type(e).__name__}: {e}); these kernels run compiled on a GPU, and interpreted in "
+                "the main CI environment")
+    return None if out.item() == 3 else f"Triton's interpreter computed {out.item()} for 0 + 1 + 2"
+
+
 _REASON = None
 if R is None:
     _REASON = f"triton is not importable: {svs_triton.import_error()!r}"
 elif not torch.cuda.is_available() and not _INTERP:
     _REASON = "no CUDA and triton was imported without TRITON_INTERPRET=1 (set it before triton is imported)"
+elif _INTERP:
+    _REASON = _interpreter_problem()
 needs_triton = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or _INTERP, reason="needs CUDA, compiled Triton")
 
@@ -85,6 +117,28 @@ def ref_map(s: torch.Tensor, name: str) -> torch.Tensor:
     else:
         f = safe
     return torch.where(pos, f, torch.zeros_like(f))
+
+
+def map_eval_rtol(s: torch.Tensor, name: str) -> torch.Tensor:
+    """Elementwise relative bound between the kernels' float64 map f(s) and ref_map's, u = 2^-53.
+
+    sqrt, square, spectral (one correctly rounded op each side: IEEE sqrt/mul/div, .rn on the GPU)
+    differ by 2u; identity and ones are exact. log and exp are within 1 ulp (2u) on the GPU (CUDA's
+    double-precision log/exp) and in numpy (the interpreter), torch's pow/log/log1p in the reference
+    too. abslog: log on each side, 4u. log1p: Goldberg's log(1 + s) * s / ((1 + s) - 1) is within
+    log's 2u plus one rounding each for the sum, product and quotient (the subtraction is exact):
+    5u, and 2u for the reference: 7u. power: exp(p * log s) with log's error d1 <= 2u and the
+    product's d2 <= u is exp(p log s (1 + d1 + d2)): the relative error of the argument, times
+    |p log s|, becomes relative error of the result, plus exp's 2u, plus torch.pow's 2u: u (3 |p log s|
+    + 4). That grows with |log s|: s = 1e-30 and p = -0.5 give 107u (1.2e-14), s near 1 about 4u.
+    """
+    u = 2.0**-53
+    s = s.double()
+    if name.startswith("power:"):
+        logs = torch.where(s > 0, s, torch.ones_like(s)).log().abs()
+        return u * (3 * abs(parse_map(name)[1]) * logs + 4)
+    per_map = {"sqrt": 2, "square": 2, "spectral": 2, "identity": 0, "ones": 0, "abslog": 4, "log1p": 7}
+    return torch.full_like(s, per_map[name] * u)
 
 
 def bound_factor(op64: bool, out_dtype: torch.dtype, k: int, gpu: bool) -> float:
@@ -387,10 +441,13 @@ def test_sigma_map_packed(dtype, gen):
         for a, b in zip(offsets, offsets[1:]):
             ref = ref_map(s[a:b].cpu(), name).to(dtype).double()  # rounded like the kernel's store
             got = out[a:b].cpu().double()
-            # float64 evaluation then one rounding to dtype: equal to the rounded float64 reference
-            # up to 1 ulp (an evaluation error of a few float64 ulps can flip a rounding)
-            torch.testing.assert_close(got, ref, rtol=2 * U_OUT[dtype] + 1e-15, atol=0,
-                                       msg=lambda m: f"seed {gen.initial_seed()} map {name} segment {a}:{b}: {m}")
+            # float64 evaluation (map_eval_rtol), then one rounding to dtype: equal to the rounded
+            # float64 reference up to 1 ulp of dtype (the evaluation error can flip a rounding)
+            rtol = 2 * U_OUT[dtype] + map_eval_rtol(s[a:b].cpu(), name)
+            err = (got - ref).abs()
+            worst = (err / (rtol * ref.abs()).clamp_min(1e-300)).max().item() if b > a else 0.0
+            assert (err <= rtol * ref.abs()).all(), (
+                f"seed {gen.initial_seed()} map {name} segment {a}:{b}: {worst:.2f} times the bound")
 
 
 @needs_triton

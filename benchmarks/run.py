@@ -32,6 +32,9 @@ DEFAULT_MAX_RUN_S = {"cpu": 60.0, "cuda": 20.0}
 # over STALL_SPREAD x their min: such a spread means the machine stalled (another process, a
 # throttled CPU quota), and the median of a few calls can land on either side of it.
 STALL_SPREAD = 2.0
+# Left out of --quick unless named: even one of their matrices takes tens of seconds per peer and
+# for the float64 reference on a CPU (an 8B model's 9216x3072; SD 1.5's 1280x23040).
+NOT_QUICK = ("sd15-unet", "llm-8b-p")
 
 
 def log(msg: str) -> None:
@@ -245,7 +248,8 @@ def parse_args(argv=None):
                    help="only peers whose name contains one of these (the baseline is always kept)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per peer after 1 warm-up (default 5)")
     p.add_argument("--quick", action="store_true",
-                   help="each workload's quick subsample (ddpm 24, stylegan2 16, sd15 8, llm 2, tiny 2000 matrices)")
+                   help="each workload's quick subsample (ddpm 24, stylegan2 16, sd15 8, llm 2, tiny 2000 matrices); "
+                        f"without --workload, all but {', '.join(NOT_QUICK)}")
     p.add_argument("--max-matrices", type=int, default=None,
                    help="at most N evenly spaced matrices per workload (labelled as a subsample)")
     p.add_argument("--max-run-s", type=float, default=None,
@@ -313,7 +317,9 @@ def main(argv=None) -> int:
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 peers really in float32
 
-    names = _split(args.workload) or list(WORKLOADS)
+    names = _split(args.workload) or [n for n in WORKLOADS if not (args.quick and n in NOT_QUICK)]
+    if args.quick and not args.workload:
+        log(f"--quick leaves out {', '.join(NOT_QUICK)} (name them with --workload)")
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         log(f"unknown workload(s) {unknown}; expected {', '.join(WORKLOADS)}")

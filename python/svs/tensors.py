@@ -11,7 +11,7 @@ import torch
 
 from . import ops
 from .interrupt import compute
-from .presets import Role, paired_weight, select
+from .presets import Role, paired_weight, select_with_reasons
 from .report import ParamRecord, RefineReport
 from .spectrum import batches, singular_values
 
@@ -37,7 +37,7 @@ def refine_tensors(
 
     See :func:`refine_model` for the arguments. Returns ``({}, report)`` when ``dry_run``.
     """
-    roles = select(named, preset, include, exclude)
+    roles, why = select_with_reasons(named, preset, include, exclude)
     skipped = skip_unusable(named, roles)
     weights = [n for n, r in roles.items() if r is Role.WEIGHT]
     if not weights:
@@ -83,8 +83,17 @@ def refine_tensors(
             if name in new:
                 rec.after_max = float(new[name].double().norm())
         records.append(rec)
-    report = RefineReport(records, map=map, method=method, device=str(device), dry_run=dry_run, seconds=seconds)
+    report = RefineReport(records, map=map, method=method, device=str(device), dry_run=dry_run, seconds=seconds,
+                          left_alone=by_reason(why))
     return new, report
+
+
+def by_reason(why: Dict[str, str]) -> Dict[str, List[str]]:
+    """``{name: reason}`` as ``{reason: [names]}``."""
+    out: Dict[str, List[str]] = {}
+    for name, reason in why.items():
+        out.setdefault(reason, []).append(name)
+    return out
 
 
 def skip_unusable(named: Dict[str, torch.Tensor], roles: Dict[str, Role]) -> Dict[str, str]:

@@ -23,7 +23,7 @@ from .cli_common import UsageError, check_image, check_output, progress_default
 from .experiments.cli import add_experiment_commands
 from .extras import MissingExtra
 from .interrupt import own_process
-from .model import refine_model, refine_state_dict
+from .model import check_device, refine_model, refine_state_dict
 from .tensors import RefineError, skip_unusable
 from .plots import plot_spectra
 from .presets import PRESETS, Role, select
@@ -59,13 +59,20 @@ def cmd_refine(args: argparse.Namespace) -> int:
         raise UsageError("-o and --report name the same file")
     for path in outputs:
         check_output(path, args.force, [args.input])
+    device = check_device(args.device)
     ckpt = io.load(src, trust_pickle=args.trust_pickle)
+    if device.type != "cpu":  # refined there, written from the CPU
+        ckpt.obj = ckpt.obj.to(device) if isinstance(ckpt.obj, torch.nn.Module) else {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in ckpt.obj.items()}
     kwargs = dict(preset=args.preset, include=args.include, exclude=args.exclude, map=args.map,
                   method=args.method, dry_run=args.dry_run, progress=not args.quiet and progress_default())
     if isinstance(ckpt.obj, torch.nn.Module):
         report = refine_model(ckpt.obj, **kwargs)
     else:
         ckpt.obj, report = refine_state_dict(ckpt.obj, **kwargs)
+    if device.type != "cpu":
+        ckpt.obj = ckpt.obj.cpu() if isinstance(ckpt.obj, torch.nn.Module) else {
+            k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ckpt.obj.items()}
     files = {dst: io.writer(ckpt, dst)} if dst else {}
     if args.report:
         files[Path(args.report)] = lambda tmp: Path(tmp).write_text(json.dumps(report.to_dict(), indent=1))
@@ -136,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "Face directory of safetensors shards; under torchrun the ranks share the work)")
     p.add_argument("input")
     p.add_argument("-o", "--output", help="output file, or folder for a directory (never the input); not needed with --dry-run")
-    p.add_argument("--device", default="cpu", help="directories: cpu, or cuda (under torchrun each rank's own GPU)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (under torchrun each rank's own GPU)")
     _selection_args(p)
     p.add_argument("--method", default="auto", help="decomposition route (default: auto)")
     p.add_argument("--dry-run", action="store_true", help="report what would be refined, write nothing")

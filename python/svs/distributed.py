@@ -114,6 +114,9 @@ def from_env(device: str = "cpu") -> Tuple[Any, str]:
     ``cuda:LOCAL_RANK``). ``(None, device)`` in a single process."""
     import os
 
+    from .model import check_device
+
+    check_device(device)
     if device == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         torch.cuda.set_device(device)

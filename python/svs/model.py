@@ -102,3 +102,21 @@ def _check_loaded(named: Dict[str, torch.Tensor], preset: str, include: Optional
                 f"parameter {name!r} is on the meta device: its values are not loaded (init_empty_weights, or "
                 "offloaded by device_map=...); load the model onto the CPU or a GPU first, or refine its "
                 "checkpoint directory with svs refine DIR")
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device`` that this torch can refine on, or a one-line
+    ``ValueError`` saying why not (a CPU-only torch, no GPU visible, an unknown name)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and torch.version.cuda is None:
+        raise ValueError(f"device {device!r}: this torch ({torch.__version__}) is built without CUDA; use cpu, "
+                         "or install a CUDA build of torch")
+    if dev.type == "cuda" and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"device {device!r}: no such GPU is visible ({torch.cuda.device_count()} visible); use cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: svs refines on cpu or cuda")
+    return dev
+

@@ -6,7 +6,6 @@ import copy
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,6 +17,8 @@ if str(ROOT) not in sys.path:
 import svs  # noqa: E402
 from svs import layouts  # noqa: E402
 from svs.sharded import refine_dir  # noqa: E402
+from tests.models import (assert_same, gpt2, in_memory, llama, llama_tied, mixtral, on_disk, qwen2, tiny,  # noqa: E402
+                          tiny_unet)
 from tests.reference import assert_matches, reference_bias, reference_refine  # noqa: E402
 
 
@@ -137,59 +138,8 @@ def test_state_dict_with_layouts_matches_the_model():
 
 # ---- the real libraries ------------------------------------------------------------------------
 
-def assert_same(a: dict, b: dict):
-    assert set(a) == set(b)
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-
-
-def on_disk(model, cls, tmp_path: Path, preset: str, **load):
-    """save_pretrained -> refine_dir -> cls.from_pretrained, checking no key is missing or unexpected."""
-    model.save_pretrained(tmp_path / "src")
-    report = refine_dir(tmp_path / "src", tmp_path / "out", preset=preset)
-    loaded, info = cls.from_pretrained(tmp_path / "out", output_loading_info=True, **load)
-    assert not info["missing_keys"] and not info["unexpected_keys"], info
-    return loaded, report
-
-
-def in_memory(model, preset: str):
-    refined = copy.deepcopy(model)
-    return refined, svs.refine_model(refined, preset=preset)
-
-
-def tiny(config_cls, **extra):
-    return config_cls(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=64, max_position_embeddings=32, **extra)
-
-
-def _llama():
-    t = pytest.importorskip("transformers")
-    return t.LlamaForCausalLM(tiny(t.LlamaConfig)), t.LlamaForCausalLM
-
-
-def _llama_tied():
-    t = pytest.importorskip("transformers")
-    return t.LlamaForCausalLM(tiny(t.LlamaConfig, tie_word_embeddings=True)), t.LlamaForCausalLM
-
-
-def _qwen2():
-    t = pytest.importorskip("transformers")
-    return t.Qwen2ForCausalLM(tiny(t.Qwen2Config)), t.Qwen2ForCausalLM
-
-
-def _gpt2():
-    t = pytest.importorskip("transformers")
-    c = t.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0)
-    return t.GPT2LMHeadModel(c), t.GPT2LMHeadModel
-
-
-def _mixtral():
-    t = pytest.importorskip("transformers")
-    return t.MixtralForCausalLM(tiny(t.MixtralConfig, num_local_experts=4)), t.MixtralForCausalLM
-
-
-@pytest.mark.parametrize("build,preset", [(_llama, "transformer"), (_qwen2, "transformer"), (_gpt2, "transformer"),
-                                          (_gpt2, "generic"), (_mixtral, "transformer"), (_llama_tied, "generic")],
+@pytest.mark.parametrize("build,preset", [(llama, "transformer"), (qwen2, "transformer"), (gpt2, "transformer"),
+                                          (gpt2, "generic"), (mixtral, "transformer"), (llama_tied, "generic")],
                          ids=["llama", "qwen2", "gpt2", "gpt2-generic", "mixtral", "tied-generic"])
 def test_transformers_model_in_memory_equals_on_disk(tmp_path, build, preset):
     torch.manual_seed(0)
@@ -207,7 +157,7 @@ def test_transformers_model_in_memory_equals_on_disk(tmp_path, build, preset):
 def test_gpt2_conv1d_is_refined_as_its_linear(seed):
     t = pytest.importorskip("transformers")
     torch.manual_seed(seed)
-    model, _ = _gpt2()
+    model, _ = gpt2()
     attn = model.transformer.h[0].attn.c_attn
     w, b = attn.weight.detach().clone(), attn.bias.detach().clone()
     with torch.no_grad():
@@ -220,10 +170,10 @@ def test_gpt2_conv1d_is_refined_as_its_linear(seed):
     assert_matches(attn.bias, reference_bias(b))
 
 
-def test_mixtral_experts_match_the_per_expert_disk_layout_and_routers_are_left_alone(tmp_path):
-    t = pytest.importorskip("transformers")
+def test_mixtral_experts_are_refined_per_expert_and_routers_are_left_alone():
+    pytest.importorskip("transformers")
     torch.manual_seed(0)
-    model, _ = _mixtral()
+    model, _ = mixtral()
     report = svs.refine_model(copy.deepcopy(model), preset="transformer")
     names = {r.name for r in report.weights}
     assert "model.layers.1.mlp.experts.3.gate_proj.weight" in names and "model.layers.0.mlp.experts.0.down_proj.weight" in names
@@ -261,13 +211,6 @@ def test_peft_lora_refines_base_weights_and_leaves_adapters(tmp_path):
     assert_same(loaded.state_dict(), model.state_dict())
 
 
-def tiny_unet():
-    d = pytest.importorskip("diffusers")
-    return d.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-                         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                         norm_num_groups=4)
-
-
 def test_diffusers_unet_in_memory_equals_on_disk(tmp_path):
     d = pytest.importorskip("diffusers")
     torch.manual_seed(0)
@@ -291,40 +234,3 @@ def test_diffusers_conv_transpose_in_memory_equals_on_disk(tmp_path):
     mem, _ = in_memory(unet, "generic")
     disk, _ = on_disk(unet, d.UNet1DModel, tmp_path, "generic")
     assert_same(mem.state_dict(), disk.state_dict())
-
-
-def test_diffusers_pipeline_folder_refines_each_component(tmp_path):
-    d = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    unet = tiny_unet()
-    d.DDPMPipeline(unet=unet, scheduler=d.DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "pipe")
-    report = refine_dir(tmp_path / "pipe", tmp_path / "out", preset="ddpm")
-    assert report.weights and all(r.name.startswith("unet/") for r in report.records)
-    pipe = d.DDPMPipeline.from_pretrained(tmp_path / "out")
-    mem, _ = in_memory(unet, "ddpm")
-    assert_same(mem.state_dict(), pipe.unet.state_dict())
-    assert (tmp_path / "out" / "scheduler" / "scheduler_config.json").read_bytes() == \
-        (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").read_bytes()
-    assert svs.sharded.read_record(tmp_path / "out").weights  # svs inspect reads the pipeline's record
-
-
-def test_pipeline_folder_errors_name_the_components(tmp_path):
-    from svs.io import CheckpointError
-
-    (tmp_path / "pipe" / "unet").mkdir(parents=True)
-    (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"]}')
-    (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(CheckpointError, match=r"unet: diffusion_pytorch_model\.bin"):
-        refine_dir(tmp_path / "pipe", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
-def test_pipeline_folder_with_no_selected_weight_names_them(tmp_path):
-    pytest.importorskip("diffusers")
-    import diffusers
-
-    torch.manual_seed(0)
-    diffusers.DDPMPipeline(unet=tiny_unet(), scheduler=diffusers.DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "p")
-    with pytest.raises(ValueError, match=r"selects no weight in any component of .* \(unet\)"):
-        refine_dir(tmp_path / "p", tmp_path / "out", include="nothing-matches-this")
-    assert not (tmp_path / "out").exists()

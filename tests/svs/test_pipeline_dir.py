@@ -44,3 +44,13 @@ def test_pipeline_folder_with_no_selected_weight_names_them(tmp_path):
     with pytest.raises(ValueError, match=r"selects no weight in any component of .* \(unet\)"):
         refine_dir(tmp_path / "p", tmp_path / "out", include="nothing-matches-this")
     assert not (tmp_path / "out").exists()
+
+
+def test_records_hold_no_absolute_paths(tmp_path):
+    d = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    d.DDPMPipeline(unet=tiny_unet(), scheduler=d.DDPMScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "pipe")
+    refine_dir(tmp_path / "pipe", tmp_path / "out", preset="ddpm")
+    for record in (tmp_path / "out" / "svs_refine.json", tmp_path / "out" / "unet" / "svs_refine.json"):
+        text = record.read_text()
+        assert str(tmp_path) not in text and '"source": "' in text

@@ -3,6 +3,9 @@ whatever its storage, against float64 references; and models of the real librari
 (transformers, peft, diffusers; each built offline from a tiny config), refined in memory and
 through save_pretrained -> svs refine DIR -> from_pretrained, which must agree bit for bit."""
 import copy
+import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -152,6 +155,27 @@ def test_transformers_model_in_memory_equals_on_disk(tmp_path, build, preset):
     changed = [k for k, v in mem.state_dict().items() if not torch.equal(v, model.state_dict()[k])]
     assert len(changed) >= len(mem_report.weights) // 8  # fused experts: one tensor holds several matrices
     assert any("mlp" in k for k in changed)
+
+
+def test_two_gloo_processes_equal_one_process(tmp_path):
+    """Layouts under process_group=: the transposed views travel between ranks as the matrices."""
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                          "127.0.0.1", "--master-port", str(port), str(ROOT / "tests" / "svs" / "layouts_dist_worker.py"),
+                          str(tmp_path / "result")], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for build in (gpt2, mixtral):
+        torch.manual_seed(0)
+        model, _ = build()
+        svs.refine_model(model, preset="transformer")
+        got = load_file(str(tmp_path / f"result.{build.__name__}"))
+        assert_same(got, {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"})
 
 
 def test_gpt2_conv1d_is_refined_as_its_linear(seed):

@@ -234,3 +234,10 @@ def test_cuda_device_on_a_cpu_only_torch_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "built without CUDA" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bias_that_does_not_fit_its_weight_is_named_before_any_work():
+    state = {"h.0.c_attn.weight": torch.randn(4, 12), "h.0.c_attn.bias": torch.randn(12)}  # stored (in, out)
+    for dry_run in (False, True):
+        with pytest.raises(ValueError, match=r"bias 'h\.0\.c_attn\.bias' has shape \[12\] but its weight .* \[4, 12\]"):
+            svs.refine_state_dict(state, dry_run=dry_run)

@@ -129,14 +129,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="svs", description="Singular Value Scaling of pruned models")
-    parser.add_argument("--version", action="version", version=f"svs {__version__} (torch {torch.__version__})")
+    parser.add_argument("--version", action=_Version, help="show the versions of svs, torch, the extension and triton")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error (or set SVS_DEBUG=1)")
     loads = argparse.ArgumentParser(add_help=False, parents=[common])
     loads.add_argument("--trust-pickle", action="store_true",
                        help="allow a whole pickled module (torch.save(model)): this runs code from the file, "
                             "so only for files you trust")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("refine", parents=[loads],
                        help="refine a checkpoint (.safetensors, state-dict .pt, pickled module, or a Hugging "
@@ -162,6 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Version(argparse.Action):
+    """``--version``: what was built and found, read when asked (not at every start)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        import svs_kernels
+
+        info = svs_kernels.backend_info()
+        try:
+            triton = info["triton"] or version("triton")
+        except PackageNotFoundError:
+            triton = "not installed"
+        print(f"svs {__version__} (torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}); extension "
+              f"svs_kernels: CUDA kernel {'built' if info['refine_cuda'] else 'not built'}, reconstruction "
+              f"{info['reconstruct']}; triton {triton}")
+        parser.exit()
+
+
 def _describe(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename and err.strerror:
         return f"{err.filename}: {err.strerror}"
@@ -176,7 +198,11 @@ def _terminate(signum, frame):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `svs`: the help, not an error
+        parser.print_help()
+        return 0
     debug = args.debug or os.environ.get("SVS_DEBUG", "") not in ("", "0")
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None

@@ -41,19 +41,20 @@ from torch import nn
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Stored tensors (``stored``) and the matrices SVS decomposes in them (:meth:`views`, by
-    name); :meth:`fold` writes refined matrices back into the stored layout."""
+    """Stored tensors (``stored``, by name) and the matrices SVS decomposes in them
+    (:meth:`parts`); :meth:`write` puts refined matrices back into the stored layout."""
 
     stored: Tuple[str, ...]
 
     def parts(self, tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Each matrix by name, as a view of (or copy from) the stored tensors."""
+        """Each matrix by name, ``(out, in...)``, as a view of the stored ``tensors``."""
         raise NotImplementedError
 
-    def write(self, tensors: Dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
-        """Writes the matrix ``name`` into ``tensors`` (the stored tensors, copies), in place."""
-        view = self.parts(tensors)[name]
-        view.copy_(value)
+    def write(self, tensors: Dict[str, torch.Tensor], new: Dict[str, torch.Tensor]) -> None:
+        """Writes the matrices ``new`` (by name, any subset) into the stored ``tensors``, in place."""
+        parts = self.parts(tensors)
+        for name, value in new.items():
+            parts[name].copy_(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,8 @@ class Transposed(Layout):
 
 @dataclasses.dataclass(frozen=True)
 class ConvTransposed(Layout):
-    """``nn.ConvTranspose*``: weight ``(in, out/g, k...)``, decomposed as ``(out, in/g, k...)``."""
+    """``nn.ConvTranspose*``: weight ``(in, out/g, k...)``, decomposed as ``(out, in/g, k...)``
+    (for ``groups`` > 1 a copy, not a view: the groups' blocks are reordered)."""
 
     groups: int = 1
 
@@ -77,14 +79,15 @@ class ConvTransposed(Layout):
         t = self._grouped(tensors[self.stored[0]])
         return {self.stored[0]: t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])}
 
-    def write(self, tensors, name, value):
-        self._grouped(tensors[name]).copy_(value.unflatten(0, (self.groups, -1)))
+    def write(self, tensors, new):
+        for name, value in new.items():
+            self._grouped(tensors[name]).copy_(value.unflatten(0, (self.groups, -1)))
 
 
 @dataclasses.dataclass(frozen=True)
 class Experts(Layout):
     """transformers' fused experts module at ``prefix`` (its ``has_gate``, ``has_bias``,
-    ``is_transposed``, ``is_concatenated`` flags): one matrix per expert and projection."""
+    ``is_transposed``, ``is_concatenated`` flags): one matrix (and bias) per expert and projection."""
 
     prefix: str = ""
     num_experts: int = 0
@@ -101,27 +104,28 @@ class Experts(Layout):
                    bool(m.has_bias), bool(m.is_transposed), bool(m.is_concatenated))
 
     def parts(self, tensors):
-        first, down = self.stored[0], self.stored[1]
+        fused, down = tensors[self.stored[0]], tensors[self.stored[1]]
+        fused_b, down_b = (tensors[self.stored[2]], tensors[self.stored[3]]) if self.has_bias else (None, None)
         out: Dict[str, torch.Tensor] = {}
         for e in range(self.num_experts):
-            mats = {"up_proj": self._matrix(tensors[first][e]), "down_proj": self._matrix(tensors[down][e])}
-            biases = {"up_proj": tensors[self.stored[2]][e], "down_proj": tensors[self.stored[3]][e]} if self.has_bias else {}
-            if self.has_gate:  # [gate; up] (concatenated) or gate0, up0, gate1, ... (interleaved)
-                for what in (mats, biases):
-                    if "up_proj" in what:
-                        fused = what.pop("up_proj")
-                        half = fused.shape[0] // 2
-                        what["gate_proj"], what["up_proj"] = ((fused[:half], fused[half:]) if self.concatenated
-                                                              else (fused[0::2], fused[1::2]))
-            for proj in ("gate_proj", "up_proj", "down_proj"):
-                if proj in mats:
-                    out[f"{self.prefix}{e}.{proj}.weight"] = mats[proj]
-                    if proj in biases:
-                        out[f"{self.prefix}{e}.{proj}.bias"] = biases[proj]
+            w = self._matrix(fused[e])
+            rows = self._rows(w.shape[0]) if self.has_gate else {"up_proj": slice(None)}
+            layers = [(proj, w[r], None if fused_b is None else fused_b[e][r]) for proj, r in rows.items()]
+            layers.append(("down_proj", self._matrix(down[e]), None if down_b is None else down_b[e]))
+            for proj, weight, bias in layers:
+                out[f"{self.prefix}{e}.{proj}.weight"] = weight
+                if bias is not None:
+                    out[f"{self.prefix}{e}.{proj}.bias"] = bias
         return out
 
     def _matrix(self, t: torch.Tensor) -> torch.Tensor:
         return t.T if self.transposed else t
+
+    def _rows(self, n: int) -> Dict[str, slice]:
+        """The gate and up rows of a fused matrix: ``[gate; up]``, or interleaved ``gate0, up0, ...``."""
+        if self.concatenated:
+            return {"gate_proj": slice(0, n // 2), "up_proj": slice(n // 2, n)}
+        return {"gate_proj": slice(0, n, 2), "up_proj": slice(1, n, 2)}
 
 
 def of_module(model: nn.Module) -> List[Layout]:
@@ -163,14 +167,13 @@ def expand(named: Dict[str, torch.Tensor], layouts: Iterable[Layout]
 
     def fold(new: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         out = {n: v for n, v in new.items() if n not in owner}
-        copies: Dict[Layout, Dict[str, torch.Tensor]] = {}
+        changed: Dict[Layout, Dict[str, torch.Tensor]] = {}
         for name, value in new.items():
-            layout = owner.get(name)
-            if layout is not None:
-                if layout not in copies:
-                    copies[layout] = {s: named[s].detach().clone() for s in layout.stored}
-                layout.write(copies[layout], name, value.to(named[layout.stored[0]].device))
-        for stored in copies.values():
+            if name in owner:
+                changed.setdefault(owner[name], {})[name] = value
+        for layout, values in changed.items():
+            stored = {s: named[s].detach().clone() for s in layout.stored}
+            layout.write(stored, values)
             out.update(stored)
         return out
 

@@ -23,6 +23,7 @@ from .cli_common import UsageError, check_image, check_output, progress_default
 from .experiments.cli import add_experiment_commands
 from .extras import MissingExtra
 from .interrupt import own_process
+from .layouts import of_directory
 from .model import check_device, refine_model, refine_state_dict
 from .tensors import RefineError, skip_unusable
 from .plots import plot_spectra
@@ -69,7 +70,8 @@ def cmd_refine(args: argparse.Namespace) -> int:
     if isinstance(ckpt.obj, torch.nn.Module):
         report = refine_model(ckpt.obj, **kwargs)
     else:
-        ckpt.obj, report = refine_state_dict(ckpt.obj, **kwargs)
+        # a file of a Hugging Face folder: its config.json's modules say how each layer is stored
+        ckpt.obj, report = refine_state_dict(ckpt.obj, layouts=of_directory(src.parent, ckpt.obj), **kwargs)
     if device.type != "cpu":
         ckpt.obj = ckpt.obj.cpu() if isinstance(ckpt.obj, torch.nn.Module) else {
             k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ckpt.obj.items()}

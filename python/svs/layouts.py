@@ -224,9 +224,14 @@ def _build_on_meta(root: Path, config: dict):
             cls = getattr(transformers, config["architectures"][0], None)
             if cls is None:
                 return None
-            conf = transformers.AutoConfig.from_pretrained(str(root))
-            with torch.device("meta"):
-                return cls(conf)
+            verbosity = transformers.logging.get_verbosity()
+            transformers.logging.set_verbosity_error()  # its notes on the config are not ours to print
+            try:
+                conf = transformers.AutoConfig.from_pretrained(str(root))
+                with torch.device("meta"):
+                    return cls(conf)
+            finally:
+                transformers.logging.set_verbosity(verbosity)
     except ImportError:
         return None
     return None

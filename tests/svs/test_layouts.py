@@ -258,3 +258,19 @@ def test_diffusers_conv_transpose_in_memory_equals_on_disk(tmp_path):
     mem, _ = in_memory(unet, "generic")
     disk, _ = on_disk(unet, d.UNet1DModel, tmp_path, "generic")
     assert_same(mem.state_dict(), disk.state_dict())
+
+
+def test_a_single_file_beside_its_config_is_refined_with_its_layouts(tmp_path):
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+
+    from svs.cli import main
+
+    torch.manual_seed(0)
+    model, _ = gpt2()
+    model.save_pretrained(tmp_path / "g")
+    mem, _ = in_memory(model, "transformer")
+    assert main(["refine", str(tmp_path / "g" / "model.safetensors"), "-o", str(tmp_path / "out.safetensors"),
+                 "--preset", "transformer", "-q"]) == 0
+    got = load_file(str(tmp_path / "out.safetensors"))
+    assert_same(got, {k: v for k, v in mem.state_dict().items() if k in got})

@@ -274,3 +274,22 @@ def test_a_single_file_beside_its_config_is_refined_with_its_layouts(tmp_path):
                  "--preset", "transformer", "-q"]) == 0
     got = load_file(str(tmp_path / "out.safetensors"))
     assert_same(got, {k: v for k, v in mem.state_dict().items() if k in got})
+
+
+@pytest.mark.filterwarnings("ignore:Unwrapped parameters")  # Torch-Pruning's note on the RMSNorm weights
+def test_a_torch_pruning_pruned_llama_in_memory_equals_on_disk(tmp_path):
+    """Torch-Pruning halves the MLP width (attention left whole); with the config's
+    intermediate_size updated, save_pretrained -> refine_dir -> from_pretrained round-trips."""
+    pytest.importorskip("transformers")
+    tp = pytest.importorskip("torch_pruning")
+    torch.manual_seed(0)
+    model, cls = llama()
+    keep = [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and not n.endswith(("up_proj", "gate_proj"))]
+    tp.pruner.BasePruner(model, torch.randint(0, 64, (1, 8)), importance=tp.importance.MagnitudeImportance(p=2),
+                         pruning_ratio=0.5, ignored_layers=keep + [model.model.embed_tokens],
+                         output_transform=lambda out: out.logits).step()
+    assert model.model.layers[0].mlp.down_proj.weight.shape == (32, 24)
+    model.config.intermediate_size = 24
+    mem, _ = in_memory(model, "transformer")
+    disk, _ = on_disk(model, cls, tmp_path, "transformer")
+    assert_same(mem.state_dict(), disk.state_dict())

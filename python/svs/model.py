@@ -34,7 +34,9 @@ def refine_model(
         preset: the layer rule: ``ddpm`` (every non-norm weight and bias; norm layers reset to
             weight 1, bias 0 first, as the authors' DDPM code does), ``stylegan2`` / ``stylegan3``
             (synthesis network only: convs, affines, ToRGB), ``generic`` (every weight with
-            ndim >= 2 and its bias).
+            ndim >= 2 and its bias), ``transformer`` (the projections inside the blocks; not
+            embeddings, the head, norms or MoE routers). Every preset leaves PEFT's ``lora_*``
+            adapters alone (and refines their ``base_layer``).
         include / exclude: regular expressions on parameter names narrowing the preset.
         map, method, eps: as in :func:`svs.refine`.
         dry_run: only report what would be refined (with the current spectra).
@@ -50,7 +52,8 @@ def refine_model(
 
     Each layer's weight is decomposed as the matrix ``(out, in...)`` whatever its storage
     (``nn.ConvTranspose*``, transformers' ``Conv1D`` and fused MoE experts: :mod:`svs.layouts`); the
-    experts' matrices appear in the report and to presets as ``<experts>.N.gate_proj.weight`` etc.
+    experts' matrices appear in the report and to presets as ``<experts>.N.gate_proj.weight`` etc.,
+    and the report gives each weight the shape of the matrix decomposed.
     Selected tensors that SVS cannot use (empty, not floating point) are skipped, with the other
     member of their weight/bias pair, and listed in the report with the reason; the report's
     ``left_alone`` says why the preset left each other parameter alone.

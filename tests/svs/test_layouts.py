@@ -91,6 +91,19 @@ def test_fused_experts_include_selects_parts():
         assert_matches(new["up_proj"][0], reference_refine(old["up_proj"][0]))
 
 
+def test_convs_and_linears_are_refined_as_stored_and_a_grouped_conv_as_one_matrix(seed):
+    """The decision for grouped convs: the whole (out, in/groups * k * k) matrix, as the authors'
+    code (a reshape of the stored weight), not group by group."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(4, 6, 3, groups=2), nn.Conv1d(6, 5, 2), nn.Conv3d(5, 3, 1), nn.Linear(3, 2))
+    before = copy.deepcopy(model)
+    assert layouts.of_module(model) == []
+    svs.refine_model(model)
+    for new, old in zip(model, before):
+        assert_matches(new.weight, reference_refine(old.weight))  # reference: W.reshape(out, -1)
+        assert_matches(new.bias, reference_bias(old.bias))
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_conv_transpose_is_refined_as_its_equivalent_conv(seed, groups):
     torch.manual_seed(seed)

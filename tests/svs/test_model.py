@@ -203,17 +203,23 @@ def test_parameters_on_the_meta_device_are_named():
     svs.refine_state_dict(state, exclude="^b")  # a meta tensor the selection leaves alone is no obstacle
 
 
-def test_meta_parameters_of_an_empty_initialised_transformers_model_are_named():
+def test_meta_parameters_of_an_empty_or_offloaded_transformers_model_are_named(tmp_path):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     from accelerate import init_empty_weights
 
-    config = transformers.LlamaConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+    config = transformers.LlamaConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
                                       num_key_value_heads=1, vocab_size=32)
     with init_empty_weights():
-        model = transformers.LlamaForCausalLM(config)
-    with pytest.raises(ValueError, match=r"parameter 'model\.layers\.0\.self_attn\.q_proj\.weight' is on the meta device"):
-        svs.refine_model(model, preset="transformer")
+        empty = transformers.LlamaForCausalLM(config)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "m")
+    on_disk = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+               "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    offloaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "m", device_map=on_disk,
+                                                              offload_folder=tmp_path / "offload")
+    for model, first in ((empty, 0), (offloaded, 1)):
+        with pytest.raises(ValueError, match=rf"parameter 'model\.layers\.{first}\.self_attn\.q_proj\.weight' is on the meta"):
+            svs.refine_model(model, preset="transformer")
 
 
 @pytest.mark.skipif(torch.version.cuda is not None, reason="checks a CPU-only torch")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Optional, Tuple, Union
 
 import torch
 

@@ -6,7 +6,7 @@
     new_w, new_b = svs.refine([w1, w2], [b1, None])    # any tensors, one operator call
     ckpt = svs.io.load("model.safetensors")            # checkpoints (pickles only with trust_pickle=True)
 """
-from . import io
+from . import io, layouts
 from .ops import MAPS, map_spectrum, refine, refine_, refine_with_spectra
 from .presets import PRESETS, Role, select
 from .model import refine_model, refine_state_dict
@@ -21,6 +21,7 @@ __all__ = [
     "RefineReport",
     "Role",
     "io",
+    "layouts",
     "map_spectrum",
     "refine",
     "refine_",

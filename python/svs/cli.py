@@ -23,7 +23,8 @@ from .cli_common import UsageError, check_image, check_output, progress_default
 from .experiments.cli import add_experiment_commands
 from .extras import MissingExtra
 from .interrupt import own_process
-from .model import refine_model, refine_state_dict
+from .layouts import of_directory
+from .model import check_device, refine_model, refine_state_dict
 from .tensors import RefineError, skip_unusable
 from .plots import plot_spectra
 from .presets import PRESETS, Role, select
@@ -59,13 +60,21 @@ def cmd_refine(args: argparse.Namespace) -> int:
         raise UsageError("-o and --report name the same file")
     for path in outputs:
         check_output(path, args.force, [args.input])
+    device = check_device(args.device)
     ckpt = io.load(src, trust_pickle=args.trust_pickle)
+    if device.type != "cpu":  # refined there, written from the CPU
+        ckpt.obj = ckpt.obj.to(device) if isinstance(ckpt.obj, torch.nn.Module) else {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in ckpt.obj.items()}
     kwargs = dict(preset=args.preset, include=args.include, exclude=args.exclude, map=args.map,
                   method=args.method, dry_run=args.dry_run, progress=not args.quiet and progress_default())
     if isinstance(ckpt.obj, torch.nn.Module):
         report = refine_model(ckpt.obj, **kwargs)
     else:
-        ckpt.obj, report = refine_state_dict(ckpt.obj, **kwargs)
+        # a file of a Hugging Face folder: its config.json's modules say how each layer is stored
+        ckpt.obj, report = refine_state_dict(ckpt.obj, layouts=of_directory(src.parent, ckpt.obj), **kwargs)
+    if device.type != "cpu":
+        ckpt.obj = ckpt.obj.cpu() if isinstance(ckpt.obj, torch.nn.Module) else {
+            k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ckpt.obj.items()}
     files = {dst: io.writer(ckpt, dst)} if dst else {}
     if args.report:
         files[Path(args.report)] = lambda tmp: Path(tmp).write_text(json.dumps(report.to_dict(), indent=1))
@@ -122,21 +131,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="svs", description="Singular Value Scaling of pruned models")
-    parser.add_argument("--version", action="version", version=f"svs {__version__} (torch {torch.__version__})")
+    parser.add_argument("--version", action=_Version, help="show the versions of svs, torch, the extension and triton")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error (or set SVS_DEBUG=1)")
     loads = argparse.ArgumentParser(add_help=False, parents=[common])
     loads.add_argument("--trust-pickle", action="store_true",
                        help="allow a whole pickled module (torch.save(model)): this runs code from the file, "
                             "so only for files you trust")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("refine", parents=[loads],
                        help="refine a checkpoint (.safetensors, state-dict .pt, pickled module, or a Hugging "
                             "Face directory of safetensors shards; under torchrun the ranks share the work)")
     p.add_argument("input")
     p.add_argument("-o", "--output", help="output file, or folder for a directory (never the input); not needed with --dry-run")
-    p.add_argument("--device", default="cpu", help="directories: cpu, or cuda (under torchrun each rank's own GPU)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (under torchrun each rank's own GPU)")
     _selection_args(p)
     p.add_argument("--method", default="auto", help="decomposition route (default: auto)")
     p.add_argument("--dry-run", action="store_true", help="report what would be refined, write nothing")
@@ -155,6 +164,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Version(argparse.Action):
+    """``--version``: what was built and found, read when asked (not at every start)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        import svs_kernels
+
+        info = svs_kernels.backend_info()
+        try:
+            triton = info["triton"] or version("triton")
+        except PackageNotFoundError:
+            triton = "not installed"
+        print(f"svs {__version__} (torch {torch.__version__}, CUDA {torch.version.cuda or 'none'}); extension "
+              f"svs_kernels: CUDA kernel {'built' if info['refine_cuda'] else 'not built'}, reconstruction "
+              f"{info['reconstruct']}; triton {triton}")
+        parser.exit()
+
+
 def _describe(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename and err.strerror:
         return f"{err.filename}: {err.strerror}"
@@ -169,7 +200,11 @@ def _terminate(signum, frame):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `svs`: the help, not an error
+        parser.print_help()
+        return 0
     debug = args.debug or os.environ.get("SVS_DEBUG", "") not in ("", "0")
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None

@@ -114,6 +114,9 @@ def from_env(device: str = "cpu") -> Tuple[Any, str]:
     ``cuda:LOCAL_RANK``). ``(None, device)`` in a single process."""
     import os
 
+    from .model import check_device
+
+    check_device(device)
     if device == "cuda":
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         torch.cuda.set_device(device)
@@ -196,7 +199,7 @@ def refine_tensors_across(
             for name in job:
                 if name in skipped:
                     continue
-                value = mine[name] if rank == ranks.rank else torch.empty_like(named[name])
+                value = mine[name] if rank == ranks.rank else torch.empty_like(named[name], memory_format=torch.contiguous_format)
                 dist.broadcast(value, src=dist.get_global_rank(group, rank), group=group)
                 new[name] = value
     all_parts = [p for ps in ranks.gather(parts) for p in ps]

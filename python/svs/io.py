@@ -14,7 +14,7 @@ import secrets
 import stat
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Union
+from typing import Callable, Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -37,6 +37,7 @@ class Checkpoint:
 
     format: str
     obj: Union[Dict[str, torch.Tensor], nn.Module]
+    metadata: Optional[Dict[str, str]] = None  # a safetensors file's header metadata, written back as it was
 
     def tensors(self) -> Dict[str, torch.Tensor]:
         if isinstance(self.obj, nn.Module):
@@ -57,11 +58,13 @@ def load(path: PathLike, trust_pickle: bool = False) -> Checkpoint:
     path = Path(path)
     open(path, "rb").close()  # the OS's own error for a missing path, a folder, no permission
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
         try:
-            return Checkpoint("safetensors", interruptible(lambda: load_file(str(path))))
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata()
+            return Checkpoint("safetensors", interruptible(lambda: load_file(str(path))), metadata)
         except SafetensorError as err:
             raise CheckpointError(f"{path} is not a valid safetensors file (truncated or corrupt: {err})") from err
     try:
@@ -114,7 +117,8 @@ def writer(checkpoint: Checkpoint, path: PathLike) -> Callable[[str], None]:
     if dropped:
         print(f"svs: safetensors holds tensors only; not written: {', '.join(dropped)}", file=sys.stderr)
     tensors = {k: v.detach().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
-    return lambda tmp: save_file(tensors, tmp)
+    metadata = checkpoint.metadata or {"format": "pt"}  # what torch's safetensors writers put there
+    return lambda tmp: save_file(tensors, tmp, metadata=metadata)
 
 
 def save(checkpoint: Checkpoint, path: PathLike) -> None:

@@ -2,12 +2,14 @@
 ranks of a ``torch.distributed`` group. All-or-nothing: on any error nothing is modified."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .layouts import Layout, expand, of_module
 from .distributed import refine_tensors_across
+from .presets import Role, select
 from .report import RefineReport
 from .tensors import refine_tensors
 
@@ -32,7 +34,9 @@ def refine_model(
         preset: the layer rule: ``ddpm`` (every non-norm weight and bias; norm layers reset to
             weight 1, bias 0 first, as the authors' DDPM code does), ``stylegan2`` / ``stylegan3``
             (synthesis network only: convs, affines, ToRGB), ``generic`` (every weight with
-            ndim >= 2 and its bias).
+            ndim >= 2 and its bias), ``transformer`` (the projections inside the blocks; not
+            embeddings, the head, norms or MoE routers). Every preset leaves PEFT's ``lora_*``
+            adapters alone (and refines their ``base_layer``).
         include / exclude: regular expressions on parameter names narrowing the preset.
         map, method, eps: as in :func:`svs.refine`.
         dry_run: only report what would be refined (with the current spectra).
@@ -46,22 +50,30 @@ def refine_model(
             its own device, and every rank's model ends with all refined parameters, bit-identical
             to one process (:mod:`svs.distributed`). A rank's error is raised on every rank.
 
+    Each layer's weight is decomposed as the matrix ``(out, in...)`` whatever its storage
+    (``nn.ConvTranspose*``, transformers' ``Conv1D`` and fused MoE experts: :mod:`svs.layouts`); the
+    experts' matrices appear in the report and to presets as ``<experts>.N.gate_proj.weight`` etc.,
+    and the report gives each weight the shape of the matrix decomposed.
     Selected tensors that SVS cannot use (empty, not floating point) are skipped, with the other
-    member of their weight/bias pair, and listed in the report with the reason.
+    member of their weight/bias pair, and listed in the report with the reason; the report's
+    ``left_alone`` says why the preset left each other parameter alone.
 
     Raises:
         RefineError: a selected parameter has NaN/Inf or could not be decomposed; the message names
             it and no parameter of ``model`` was changed.
-        ValueError: nothing selected, an unknown preset or map, a bad regular expression.
+        ValueError: nothing selected, an unknown preset or map, a bad regular expression; a
+            selected parameter on the meta device (not loaded, or offloaded by accelerate).
     """
     params = dict(model.named_parameters())
-    named = {n: p.detach() for n, p in params.items()}
+    named, fold = expand({n: p.detach() for n, p in params.items()}, of_module(model))
+    _check_loaded(named, preset, include, exclude)
     kwargs = dict(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps,
                   dry_run=dry_run, stats=stats)
     if process_group is not None:
         new, report = refine_tensors_across(named, process_group, **kwargs)
     else:
         new, report = refine_tensors(named, progress=progress, **kwargs)
+    new = fold(new)
     with torch.no_grad():
         for name, value in new.items():
             params[name].copy_(value)
@@ -69,11 +81,45 @@ def refine_model(
 
 
 def refine_state_dict(
-    state: Dict[str, torch.Tensor], **kwargs
+    state: Dict[str, torch.Tensor], layouts: Optional[Iterable[Layout]] = None, **kwargs
 ) -> Tuple[Dict[str, torch.Tensor], RefineReport]:
     """Like :func:`refine_model` for a state dict: returns a new dict (entries that are not
     refined are shared with ``state``; values that are not tensors are kept as they are) and the
-    report. Keyword arguments as for refine_model."""
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    report. A state dict has no modules, so every weight is taken as ``(out, in...)`` unless
+    ``layouts`` says otherwise (``svs.layouts.of_module(model)`` of the model it came from).
+    Keyword arguments as for refine_model."""
+    tensors, fold = expand({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, layouts or [])
+    _check_loaded(tensors, kwargs.get("preset", "generic"), kwargs.get("include"), kwargs.get("exclude"))
     new, report = refine_tensors(tensors, **kwargs)
-    return {**state, **new}, report
+    return {**state, **fold(new)}, report
+
+
+def _check_loaded(named: Dict[str, torch.Tensor], preset: str, include: Optional[str], exclude: Optional[str]) -> None:
+    """Refuses a selected tensor on the meta device (``init_empty_weights``, or a parameter
+    accelerate offloaded to disk): its values are not in memory, so there is nothing to refine."""
+    if not any(t.is_meta for t in named.values()):
+        return
+    for name, role in select(named, preset, include, exclude).items():
+        if role is not Role.SKIP and named[name].is_meta:
+            raise ValueError(
+                f"parameter {name!r} is on the meta device: its values are not loaded (init_empty_weights, or "
+                "offloaded by device_map=...); load the model onto the CPU or a GPU first, or refine its "
+                "checkpoint directory with svs refine DIR")
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device`` that this torch can refine on, or a one-line
+    ``ValueError`` saying why not (a CPU-only torch, no GPU visible, an unknown name)."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and torch.version.cuda is None:
+        raise ValueError(f"device {device!r}: this torch ({torch.__version__}) is built without CUDA; use cpu, "
+                         "or install a CUDA build of torch")
+    if dev.type == "cuda" and not (torch.cuda.is_available() and (dev.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"device {device!r}: no such GPU is visible ({torch.cuda.device_count()} visible); use cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: svs refines on cpu or cuda")
+    return dev
+

@@ -34,6 +34,7 @@ class RefineReport:
     device: str
     dry_run: bool
     seconds: float = 0.0
+    left_alone: Dict[str, List[str]] = dataclasses.field(default_factory=dict)  # reason -> names the preset left alone
 
     @property
     def weights(self) -> List[ParamRecord]:
@@ -75,6 +76,7 @@ class RefineReport:
             "dry_run": self.dry_run,
             "totals": self.totals(),
             "records": [dataclasses.asdict(r) for r in self.records],
+            "left_alone": self.left_alone,
         }
 
     def __str__(self) -> str:
@@ -97,4 +99,6 @@ class RefineReport:
             f"{t['resets']} norm parameters reset; {t['seconds']:.3f} s"
         ) + (f"; skipped {t['skipped']} (reason in the route column)" if t["skipped"] else "")
         note = "(for biases s_max/s_min' columns show ||b|| before/after)"
-        return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows] + [summary, note])
+        left = [f"left alone: {len(names)} {reason} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''})"
+                for reason, names in self.left_alone.items()]
+        return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows] + [summary, note] + left)

@@ -31,8 +31,10 @@ from . import __version__
 from .distributed import Ranks, assign, job_cost, merge_reports, plan
 from .io import CheckpointError
 from .interrupt import interruptible
-from .tensors import _progress_bar, refine_tensors
-from .presets import Role, select
+from .layouts import Layout, expand, of_directory
+from .pipeline_dir import is_pipeline, refine_pipeline
+from .tensors import _progress_bar, by_reason, refine_tensors
+from .presets import Role, select, select_with_reasons
 from .report import ParamRecord, RefineReport
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -217,11 +219,16 @@ def refine_dir(
     tensor cannot be refined; OUT_DIR is then not created (nor its temporary folder left).
     """
     src = Path(src)
+    if is_pipeline(src):  # a diffusers pipeline folder: each component, as a directory of its own
+        return refine_pipeline(src, dst, preset=preset, include=include, exclude=exclude, map=map, method=method,
+                               eps=eps, dry_run=dry_run, stats=stats, force=force, device=device, group=group,
+                               progress=progress)
     ranks = Ranks.of(group)
     ckpt = open_dir(src)
     if not dry_run:
         check_out_dir(src, Path(dst), force)
-    meta = ckpt.meta()
+    found = of_directory(src, ckpt.entries)  # layers not stored as (out, in...), from the config's modules
+    meta = expand(ckpt.meta(), found)[0]
     _check_dtypes(ckpt, select(meta, preset, include, exclude))
     jobs, skipped = plan(meta, preset, include, exclude)
     if not jobs:
@@ -239,12 +246,13 @@ def refine_dir(
 
         def my_share() -> List[RefineReport]:
             with _progress_bar(matrices, progress and ranks.rank == 0) as bar:
-                return [_refine_job(ckpt, job, tmp, device, kwargs, bar.update) for job in mine]
+                return [_refine_job(ckpt, job, tmp, device, kwargs, bar.update, found) for job in mine]
 
         parts = ranks.together(my_share)
         all_parts = [p for ps in ranks.gather(parts) for p in ps]
         seconds = max(ranks.gather(time.perf_counter() - start))
         report = merge_reports(all_parts, list(ckpt.entries), all_parts[0], seconds)
+        report.left_alone = by_reason(select_with_reasons(meta, preset, include, exclude)[1])
         if tmp is not None:
             ranks.together(lambda: ranks.rank == 0 and _finish(ckpt, tmp, Path(dst), report, kwargs, ranks.world))
         return report
@@ -255,13 +263,14 @@ def refine_dir(
 
 
 def _refine_job(ckpt: ShardedCheckpoint, job: List[str], tmp: Optional[Path], device: str,
-                kwargs: Dict[str, Any], on_done: Callable[[int], Any]) -> RefineReport:
+                kwargs: Dict[str, Any], on_done: Callable[[int], Any], found: List[Layout]) -> RefineReport:
     """One refine call: loads the job's tensors, refines them, writes them into ``tmp``."""
     # The read goes to svs.interrupt's worker: a Ctrl-C landing inside safetensors' conversion of
     # a tensor surfaced as an unrelated error ("could not determine the shape of ... UntypedStorage").
     loaded = interruptible(lambda: ckpt.load(job))
-    new, report = refine_tensors({n: t.to(device) for n, t in loaded.items()}, **kwargs)
-    for name, value in new.items():
+    views, fold = expand({n: t.to(device) for n, t in loaded.items()}, found)
+    new, report = refine_tensors(views, **kwargs)
+    for name, value in fold(new).items():
         _write_tensor(tmp, ckpt.entries[name], value)
     on_done(len(report.weights))
     return report
@@ -325,7 +334,7 @@ def _finish(ckpt: ShardedCheckpoint, tmp: Path, dst: Path, report: RefineReport,
         index["metadata"] = {**index.get("metadata", {}),
                              "total_size": sum(e.end - e.start for e in ckpt.entries.values())}
         (tmp / ckpt.index).write_text(json.dumps(index, indent=2) + "\n")
-    record = {"svs_version": __version__, "torch": torch.__version__, "source": str(ckpt.root.resolve()),
+    record = {"svs_version": __version__, "torch": torch.__version__, "source": ckpt.root.resolve().name,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "processes": world,
               **{k: v for k, v in kwargs.items() if k not in ("dry_run", "stats")}, "report": report.to_dict()}
     (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n")

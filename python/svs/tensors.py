@@ -11,7 +11,7 @@ import torch
 
 from . import ops
 from .interrupt import compute
-from .presets import Role, paired_weight, select
+from .presets import Role, paired_weight, select_with_reasons
 from .report import ParamRecord, RefineReport
 from .spectrum import batches, singular_values
 
@@ -37,7 +37,7 @@ def refine_tensors(
 
     See :func:`refine_model` for the arguments. Returns ``({}, report)`` when ``dry_run``.
     """
-    roles = select(named, preset, include, exclude)
+    roles, why = select_with_reasons(named, preset, include, exclude)
     skipped = skip_unusable(named, roles)
     weights = [n for n, r in roles.items() if r is Role.WEIGHT]
     if not weights:
@@ -46,6 +46,7 @@ def refine_tensors(
             f"among {len(named)} tensors" + (f" ({len(skipped)} skipped: empty or not floating point)" if skipped else "")
         )
     bias_of = {paired_weight(n): n for n, r in roles.items() if r is Role.BIAS}
+    _check_pairs(named, bias_of)
     device = named[weights[0]].device
     # The report's spectra come from the refinement itself (refine_with_spectra, and the map for
     # "after"); only a dry run with stats decomposes just to measure.
@@ -83,8 +84,29 @@ def refine_tensors(
             if name in new:
                 rec.after_max = float(new[name].double().norm())
         records.append(rec)
-    report = RefineReport(records, map=map, method=method, device=str(device), dry_run=dry_run, seconds=seconds)
+    report = RefineReport(records, map=map, method=method, device=str(device), dry_run=dry_run, seconds=seconds,
+                          left_alone=by_reason(why))
     return new, report
+
+
+def by_reason(why: Dict[str, str]) -> Dict[str, List[str]]:
+    """``{name: reason}`` as ``{reason: [names]}``."""
+    out: Dict[str, List[str]] = {}
+    for name, reason in why.items():
+        out.setdefault(reason, []).append(name)
+    return out
+
+
+def _check_pairs(named: Dict[str, torch.Tensor], bias_of: Dict[str, str]) -> None:
+    """Refuses a bias whose size is not its weight's first dimension (the output SVS assumes),
+    before any work and on a dry run too: a layer stored ``(in, out)`` without its module."""
+    for weight, bias in bias_of.items():
+        w, b = named[weight], named[bias]
+        if tuple(b.shape) != (w.shape[0],):
+            raise ValueError(
+                f"bias {bias!r} has shape {list(b.shape)} but its weight {weight!r} has {list(w.shape)}, whose first "
+                "dimension SVS takes as the output: a layer that stores (in, out) (as GPT-2's Conv1D)? Refine the "
+                "model itself (svs.refine_model), its directory with its config.json, or pass layouts=")
 
 
 def skip_unusable(named: Dict[str, torch.Tensor], roles: Dict[str, Role]) -> Dict[str, str]:

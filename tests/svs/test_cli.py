@@ -106,6 +106,12 @@ def test_skipped_tensors_are_reported(tmp_path, capsys):
 def test_version():
     result = subprocess.run([str(SCRIPT), "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith(f"svs {svs.__version__} (torch ")
+    assert "extension svs_kernels: CUDA kernel " in result.stdout and "; triton " in result.stdout
+
+
+def test_bare_svs_prints_the_help():
+    result = subprocess.run([str(SCRIPT)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("usage: svs") and "refine" in result.stdout
 
 
 @pytest.fixture

@@ -112,3 +112,15 @@ def test_replaced_file_keeps_its_mode_and_temp_keeps_the_suffix(tmp_path):
     io.atomic_write(target, lambda tmp: (seen.append(tmp), open(tmp, "wb").write(b"new")))
     assert seen[0].endswith(".png") and seen[0] != str(target)
     assert target.read_bytes() == b"new" and stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_safetensors_header_metadata_is_kept(tmp_path):
+    from safetensors import safe_open
+
+    save_file({"a.weight": torch.randn(3, 3)}, tmp_path / "m.safetensors", metadata={"format": "pt", "origin": "x"})
+    ckpt = io.load(tmp_path / "m.safetensors")
+    io.save(ckpt, tmp_path / "out.safetensors")
+    torch.save({"a.weight": torch.randn(3, 3)}, tmp_path / "m.pt")
+    io.save(io.load(tmp_path / "m.pt"), tmp_path / "from_pt.safetensors")
+    with safe_open(tmp_path / "out.safetensors", "pt") as f, safe_open(tmp_path / "from_pt.safetensors", "pt") as g:
+        assert f.metadata() == {"format": "pt", "origin": "x"} and g.metadata() == {"format": "pt"}

@@ -190,3 +190,60 @@ def test_batches_bound_the_work_of_one_call():
         assert all(shapes[i][0] == rows and torch.Size(shapes[i]).numel() // rows == cols for i in b)
         assert len(b) == 1 or len(b) * rows * cols * min(rows, cols) <= MAX_WORK
     assert [len(b) for b in got] == [1, 1, 1, 5, 5, 4, 4, 1]  # 1024^3 = 2^30: four per call
+
+
+def test_parameters_on_the_meta_device_are_named():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"parameter '0\.weight' is on the meta device"):
+        svs.refine_model(model)
+    state = {"a.weight": torch.randn(3, 3), "b.weight": torch.empty(3, 3, device="meta")}
+    with pytest.raises(ValueError, match=r"parameter 'b\.weight' is on the meta device"):
+        svs.refine_state_dict(state)
+    svs.refine_state_dict(state, exclude="^b")  # a meta tensor the selection leaves alone is no obstacle
+
+
+def test_meta_parameters_of_an_empty_or_offloaded_transformers_model_are_named(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from accelerate import init_empty_weights
+
+    config = transformers.LlamaConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+                                      num_key_value_heads=1, vocab_size=32)
+    with init_empty_weights():
+        empty = transformers.LlamaForCausalLM(config)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "m")
+    on_disk = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+               "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    offloaded = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "m", device_map=on_disk,
+                                                              offload_folder=tmp_path / "offload")
+    for model, first in ((empty, 0), (offloaded, 1)):
+        with pytest.raises(ValueError, match=rf"parameter 'model\.layers\.{first}\.self_attn\.q_proj\.weight' is on the meta"):
+            svs.refine_model(model, preset="transformer")
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="checks a CPU-only torch")
+def test_cuda_device_on_a_cpu_only_torch_is_one_line(tmp_path, capsys):
+    from svs.cli import main
+    from svs.model import check_device
+
+    with pytest.raises(ValueError, match="built without CUDA"):
+        check_device("cuda")
+    with pytest.raises(ValueError, match="unknown device"):
+        check_device("gpu")
+    assert check_device("cpu") == torch.device("cpu")
+    torch.save({"a.weight": torch.randn(3, 3)}, tmp_path / "m.pt")
+    (tmp_path / "d").mkdir()
+    for src in (tmp_path / "m.pt", tmp_path / "d"):
+        capsys.readouterr()
+        assert main(["refine", str(src), "-o", str(tmp_path / "out"), "--device", "cuda"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "built without CUDA" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bias_that_does_not_fit_its_weight_is_named_before_any_work():
+    state = {"h.0.c_attn.weight": torch.randn(4, 12), "h.0.c_attn.bias": torch.randn(12)}  # stored (in, out)
+    for dry_run in (False, True):
+        with pytest.raises(ValueError, match=r"bias 'h\.0\.c_attn\.bias' has shape \[12\] but its weight .* \[4, 12\]"):
+            svs.refine_state_dict(state, dry_run=dry_run)

@@ -83,12 +83,42 @@ def test_transformer_preset_other_families():
         "model.layers.0.block_sparse_moe.experts.3.w1.weight": t2,  # Mixtral expert
         "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": t2,  # T5 (an embedding)
         "encoder.block.0.layer.0.SelfAttention.q.weight": t2,
+        "model.layers.0.block_sparse_moe.gate.weight": t2, "model.layers.0.mlp.gate.weight": t2,  # Mixtral routers
+        "model.layers.0.mlp.router.weight": t2, "model.layers.0.mlp.router.bias": t1,  # GPT-OSS router
+        "model.layers.0.mlp.shared_expert_gate.weight": t2,  # Qwen2-MoE
+        "model.layers.0.mlp.gate_proj.weight": t2,  # a projection, not a router
+        "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight": t2,  # PEFT
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight": t2,
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight": t2,
     }
-    roles = svs.select(names, "transformer")
+    roles, why = svs.presets.select_with_reasons(names, "transformer")
     assert {n for n, r in roles.items() if r is not svs.Role.SKIP} == {
         "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias",
         "bert.encoder.layer.0.attention.self.query.weight", "model.layers.0.block_sparse_moe.experts.3.w1.weight",
-        "encoder.block.0.layer.0.SelfAttention.q.weight"}
+        "encoder.block.0.layer.0.SelfAttention.q.weight", "model.layers.0.mlp.gate_proj.weight",
+        "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"}
+    assert set(why) == {n for n, r in roles.items() if r is svs.Role.SKIP}  # every one left alone says why
+    assert why["model.layers.0.mlp.gate.weight"] == why["model.layers.0.mlp.router.weight"] == "MoE router"
+    assert why["model.layers.0.mlp.shared_expert_gate.weight"] == "MoE router"
+    assert why["model.layers.0.mlp.router.bias"] == "MoE router"
+    assert why["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"] == "LoRA adapter"
+    assert why["transformer.wte.weight"] == "embedding" and why["transformer.h.0.ln_1.weight"] == "norm layer"
+    assert svs.select(names, "generic")["base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight"] \
+        is svs.Role.SKIP  # adapters are left alone by every preset
+
+
+def test_reasons_for_include_exclude_and_unpaired_biases():
+    t2, t1 = torch.empty(4, 4, device="meta"), torch.empty(4, device="meta")
+    names = {"a.weight": t2, "a.bias": t1, "b.weight": t2, "b.bias": t1, "c.weight": t1, "d.scale": t1}
+    _, why = svs.presets.select_with_reasons(names, "generic", include="^[bc]", exclude=r"b\.weight")
+    assert why == {"a.weight": "not matched by include", "a.bias": "not matched by include",  # the preset's own
+                   "b.weight": "matched by exclude", "b.bias": "its weight is not refined",  # reason comes first
+                   "c.weight": "a 1-D weight (not a matrix)", "d.scale": "not a weight or bias"}
+    report = svs.refine_state_dict({n: torch.randn(t.shape) for n, t in names.items()}, exclude=r"^b\.weight")[1]
+    assert report.left_alone == {"matched by exclude": ["b.weight"], "its weight is not refined": ["b.bias"],
+                                 "a 1-D weight (not a matrix)": ["c.weight"], "not a weight or bias": ["d.scale"]}
+    assert "left alone: 1 matched by exclude (b.weight)" in str(report)
+    assert report.to_dict()["left_alone"] == report.left_alone
 
 
 def test_transformer_preset_on_a_sharded_directory(tmp_path):

@@ -73,7 +73,7 @@ def prune_unet(
         _accumulate_ddpm_gradient(unet, images, taylor_batches, seed)
     pruner.step()
     unet.zero_grad(set_to_none=True)
-    _sync_channel_attributes(unet)
+    sync_channel_attributes(unet)
     return unet
 
 
@@ -91,7 +91,23 @@ def _accumulate_ddpm_gradient(unet: nn.Module, images: torch.Tensor, batches: in
         loss.backward()
 
 
-def _sync_channel_attributes(unet: nn.Module) -> None:
+def sync_channel_attributes(unet: nn.Module) -> nn.Module:
+    """Makes a diffusers UNet that Torch-Pruning pruned runnable again, in place, and returns it.
+
+    Torch-Pruning shrinks the convs' weights and ``in_channels``/``out_channels``, but not the
+    ``channels`` / ``out_channels`` attributes that diffusers' ``Downsample2D`` and ``Upsample2D``
+    check in ``forward`` (an ``AssertionError`` on the first call otherwise). The recipe, as
+    Diff-Pruning does it::
+
+        pruner = tp.pruner.BasePruner(unet, example_inputs, importance=..., pruning_ratio=0.5,
+                                      ignored_layers=[unet.conv_out])
+        pruner.step()
+        sync_channel_attributes(unet)
+        svs.refine_model(unet, preset="ddpm")
+        torch.save(unet, "pruned_svs.pt")  # the whole module: its config still has the old widths
+
+    (:func:`prune_unet` does the first three steps.)
+    """
     from diffusers.models.downsampling import Downsample2D
     from diffusers.models.upsampling import Upsample2D
 
@@ -99,6 +115,7 @@ def _sync_channel_attributes(unet: nn.Module) -> None:
         if isinstance(module, (Downsample2D, Upsample2D)) and getattr(module, "conv", None) is not None:
             module.channels = module.conv.in_channels
             module.out_channels = module.conv.out_channels
+    return unet
 
 
 def pruned_ddpm_cifar10(pruning_ratio: float = 0.5, seed: int = 0) -> nn.Module:

@@ -7,14 +7,19 @@ files beside the outputs, then renames), so an error or Ctrl-C never leaves a ha
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import errno
 import os
 import re
 import secrets
+import shutil
+import socket
 import stat
 import sys
 from pathlib import Path
-from typing import Callable, Dict, Union
+from typing import Callable, Dict, Iterator, Union
 
 import torch
 from torch import nn
@@ -60,6 +65,9 @@ def load(path: PathLike, trust_pickle: bool = False) -> Checkpoint:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        from .safetensors_check import read_header
+
+        read_header(path)  # the whole header against the file, naming the tensor at fault
         try:
             return Checkpoint("safetensors", interruptible(lambda: load_file(str(path))))
         except SafetensorError as err:
@@ -103,50 +111,198 @@ def _last_line(err: BaseException) -> str:
 
 def writer(checkpoint: Checkpoint, path: PathLike) -> Callable[[str], None]:
     """The function that writes ``checkpoint`` to a given file in the format ``path`` asks for: a
-    ``.safetensors`` path gets a safetensors file of the tensors, anything else ``torch.save``."""
+    ``.safetensors`` path gets a safetensors file of the tensors, anything else ``torch.save``.
+    Both write through a file object or report the OS's error, so a full disk or a read-only
+    file system is an ``OSError`` naming the file."""
     if Path(path).suffix != ".safetensors":
-        return lambda tmp: torch.save(checkpoint.obj, tmp)
-    from safetensors.torch import save_file
-
+        def save_pt(tmp: str) -> None:
+            with open(tmp, "wb") as f:  # torch.save to a path hides the OS error ("unexpected pos")
+                torch.save(checkpoint.obj, f)
+        return save_pt
     obj = checkpoint.obj
     state = obj.state_dict() if isinstance(obj, nn.Module) else obj
     dropped = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if dropped:
         print(f"svs: safetensors holds tensors only; not written: {', '.join(dropped)}", file=sys.stderr)
-    tensors = {k: v.detach().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
-    return lambda tmp: save_file(tensors, tmp)
+    tensors, metadata = untied({k: v.detach() for k, v in state.items() if isinstance(v, torch.Tensor)})
+    return lambda tmp: _save_safetensors(tensors, metadata, tmp)
 
 
-def save(checkpoint: Checkpoint, path: PathLike) -> None:
+def untied(tensors: Dict[str, torch.Tensor]) -> "tuple[Dict[str, torch.Tensor], Dict[str, str]]":
+    """Tensors that share memory (tied weights), as safetensors' ``save_model`` writes them: one
+    name kept, its aliases dropped and recorded in the metadata as ``{alias: kept}`` (what
+    ``safetensors.torch.load_model`` and transformers read back); views that cover only part of
+    a shared storage are written as copies. Every tensor made contiguous."""
+    from safetensors.torch import _find_shared_tensors, _remove_duplicate_names
+
+    tensors, metadata = dict(tensors), {}
+    try:
+        groups = _remove_duplicate_names(tensors)
+    except RuntimeError:  # no name covers a whole shared storage: keep every view, as a copy
+        groups = {}
+        for names in _find_shared_tensors(tensors):
+            for name in names if len(names) > 1 else ():
+                tensors[name] = tensors[name].clone()
+    for kept, aliases in groups.items():
+        for alias in aliases:
+            metadata[alias] = kept
+            del tensors[alias]
+    return {k: v.contiguous() for k, v in tensors.items()}, metadata
+
+
+def _save_safetensors(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str], tmp: str) -> None:
+    """``save_file``, its I/O errors ("... (os error 28)") raised as the ``OSError`` they are."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, tmp, metadata=metadata or None)
+    except SafetensorError as err:
+        code = re.search(r"\(os error (\d+)\)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), tmp) from err
+
+
+def save(checkpoint: Checkpoint, path: PathLike, replace: bool = True) -> None:
     """Writes ``checkpoint`` to ``path`` atomically (see :func:`writer` for the format)."""
-    atomic_write(path, writer(checkpoint, path))
+    atomic_write(path, writer(checkpoint, path), replace)
 
 
-def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
+def atomic_write(path: PathLike, write: Callable[[str], None], replace: bool = True) -> None:
     """Calls ``write(tmp)`` on a temporary file beside ``path``, then renames it to ``path``."""
-    atomic_write_all({path: write})
+    atomic_write_all({path: write}, replace)
 
 
-def atomic_write_all(files: Dict[PathLike, Callable[[str], None]]) -> None:
+def temp_path(path: Path, kind: str = "tmp") -> Path:
+    """A new name beside ``path`` for a temporary of ``kind`` ("tmp": being written, "old": being
+    replaced). It ends in the target's suffix, so writers that pick a format by suffix
+    (matplotlib) work, and :func:`claim` recognises a dead run's temporaries by it."""
+    return path.with_name(f".{path.name}.svs-{kind}-{secrets.token_hex(4)}{path.suffix}")
+
+
+def _is_temp_of(path: Path, name: str) -> bool:
+    pattern = rf"\.{re.escape(path.name)}\.svs-(tmp|old)-[0-9a-f]{{8}}{re.escape(path.suffix)}"
+    return re.fullmatch(pattern, name) is not None
+
+
+def atomic_write_all(files: Dict[PathLike, Callable[[str], None]], replace: bool = True) -> None:
     """Writes every file through a temporary file beside it, then renames them all, so an error
     or interrupt while writing changes no file and leaves no temporary one. New files get the mode
-    a plain ``open()`` gives under the umask; a replaced file keeps its mode. The temporary name
-    ends in the target's suffix, so writers that pick a format by suffix (matplotlib) work."""
+    a plain ``open()`` gives under the umask; a replaced file keeps its mode. With ``replace``
+    False a file that appeared meanwhile (another run's output) is not replaced: a
+    ``FileExistsError`` says so, and the files this call had already put in place are removed."""
     temps: Dict[Path, Path] = {}
+    placed: "list[Path]" = []
     try:
         for path, write in files.items():
             path = Path(path)
-            temps[path] = tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+            temps[path] = tmp = temp_path(path)
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies
             mode = stat.S_IMODE((path if path.exists() else tmp).stat().st_mode)
             interruptible(lambda: write(str(tmp)))
             os.chmod(tmp, mode)  # again: some writers (safetensors) replace the file they are given
         for path, tmp in temps.items():
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                rename_noreplace(tmp, path)
+                placed.append(path)
     except BaseException as err:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
+        for path in placed:
+            path.unlink(missing_ok=True)
+        if isinstance(err, FileExistsError):
+            raise FileExistsError(err.errno, "it appeared while svs was writing it (another run?); not replaced, "
+                                  "pass --force to replace it", str(err.filename2 or err.filename)) from err
         if isinstance(err, OSError) and err.filename and Path(err.filename) in temps.values():
             target = next(p for p, t in temps.items() if t == Path(err.filename))
             raise OSError(err.errno, f"cannot write it ({err.strerror})", str(target)) from err
         raise
+
+
+def rename_noreplace(src: PathLike, dst: PathLike) -> None:
+    """Renames ``src`` to ``dst`` unless ``dst`` exists (``FileExistsError``), atomically:
+    Linux's ``renameat2(RENAME_NOREPLACE)``; where it is missing, a file is linked then unlinked
+    (a link never replaces) and a folder is renamed, which fails onto a folder that is not empty."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    libc = _libc()
+    if libc is not None:
+        if libc.renameat2(-100, src.encode(), -100, dst.encode(), 1) == 0:  # AT_FDCWD, RENAME_NOREPLACE
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(code, os.strerror(code), src, None, dst)
+    if os.path.isdir(src):
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), src, None, dst)
+        os.rename(src, dst)
+    else:
+        os.link(src, dst)
+        os.unlink(src)
+
+
+def _libc():
+    """The C library, if it has renameat2 (glibc 2.28+)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.renameat2  # noqa: B018
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def claim(path: PathLike) -> Iterator[None]:
+    """Holds ``path`` for this process while it writes it: a lock file ``.NAME.svs-lock`` beside it,
+    created exclusively, holding host, pid and the pid's start time. A second run on the same output
+    fails with one line (``FileExistsError``) while the first lives; the lock of a process that is
+    gone (a SIGKILLed run) is taken over, and that run's temporaries of ``path`` are removed (only
+    names :func:`temp_path` makes for it)."""
+    path = Path(path)
+    lock = path.with_name(f".{path.name}.svs-lock")
+    mine = _process_mark(os.getpid())
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            break
+        except FileExistsError:
+            try:
+                owner = lock.read_text()
+            except FileNotFoundError:
+                continue
+            host, pid, _start = (owner.split() + ["", "0", ""])[:3]
+            if host != mine.split()[0] or _process_mark(int(pid) if pid.isdigit() else 0) == owner.strip():
+                raise FileExistsError(errno.EEXIST, f"is being written by process {pid} on {host} (its lock "
+                                      f"{lock.name}; remove it if no such run is active)", str(path)) from None
+            for item in path.parent.iterdir():  # the dead run's temporaries
+                if _is_temp_of(path, item.name):
+                    (shutil.rmtree if item.is_dir() and not item.is_symlink() else os.unlink)(item)
+            lock.unlink(missing_ok=True)
+    else:
+        raise FileExistsError(errno.EEXIST, f"its lock {lock.name} keeps changing (another run?)", str(path))
+    try:
+        os.write(fd, mine.encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _process_mark(pid: int) -> str:
+    """``host pid start-time`` of a live process (start time from /proc, so a reused pid differs);
+    "" when there is no such process."""
+    try:
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] if pid > 0 else None
+    except (OSError, IndexError):
+        start = None
+    if pid > 0 and start is None and sys.platform != "linux":
+        try:
+            os.kill(pid, 0)
+            start = "?"
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            start = "?"
+    return f"{socket.gethostname()} {pid} {start}" if start is not None else ""

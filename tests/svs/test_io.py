@@ -52,7 +52,7 @@ def test_unreadable_files_are_named_as_such(tmp_path):
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-        pattern = "not a valid safetensors file" if name.endswith(".safetensors") else "not a readable PyTorch checkpoint"
+        pattern = "is truncated|is not a safetensors file" if name.endswith(".safetensors") else "not a readable PyTorch checkpoint"
         with pytest.raises(io.CheckpointError, match=pattern):
             io.load(tmp_path / name, trust_pickle=True)  # trust does not turn corrupt data into code
     torch.save([1, 2], tmp_path / "list.pt")

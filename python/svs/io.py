@@ -130,9 +130,9 @@ def writer(checkpoint: Checkpoint, path: PathLike) -> Callable[[str], None]:
 
 def untied(tensors: Dict[str, torch.Tensor]) -> "tuple[Dict[str, torch.Tensor], Dict[str, str]]":
     """Tensors that share memory (tied weights), as safetensors' ``save_model`` writes them: one
-    name kept, its aliases dropped and recorded in the metadata as ``{alias: kept}`` (what
-    ``safetensors.torch.load_model`` and transformers read back); views that cover only part of
-    a shared storage are written as copies. Every tensor made contiguous."""
+    name kept, its exact aliases dropped and recorded in the metadata as ``{alias: kept}`` (what
+    ``safetensors.torch.load_model`` and transformers read back); views of another part of a
+    shared storage are written as copies. Every tensor made contiguous."""
     from safetensors.torch import _find_shared_tensors, _remove_duplicate_names
 
     tensors, metadata = dict(tensors), {}
@@ -145,8 +145,12 @@ def untied(tensors: Dict[str, torch.Tensor]) -> "tuple[Dict[str, torch.Tensor], 
                 tensors[name] = tensors[name].clone()
     for kept, aliases in groups.items():
         for alias in aliases:
-            metadata[alias] = kept
-            del tensors[alias]
+            t, k = tensors[alias], tensors[kept]
+            if (t.data_ptr(), t.shape, t.stride(), t.dtype) == (k.data_ptr(), k.shape, k.stride(), k.dtype):
+                metadata[alias] = kept
+                del tensors[alias]
+            else:  # a part of the kept tensor: save_model would drop it and load it back as the whole
+                tensors[alias] = t.clone()
     return {k: v.contiguous() for k, v in tensors.items()}, metadata
 
 

@@ -112,3 +112,42 @@ def test_replaced_file_keeps_its_mode_and_temp_keeps_the_suffix(tmp_path):
     io.atomic_write(target, lambda tmp: (seen.append(tmp), open(tmp, "wb").write(b"new")))
     assert seen[0].endswith(".png") and seen[0] != str(target)
     assert target.read_bytes() == b"new" and stat.S_IMODE(target.stat().st_mode) == 0o640
+
+
+def test_tensors_sharing_memory_are_written_to_safetensors(tmp_path):
+    """Promise: a state dict is written to .safetensors whatever memory its tensors share: full
+    aliases once (recorded as save_model does, {alias: kept}), partial views as copies."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    base = torch.arange(12.0).reshape(3, 4)
+    state = {"a": base, "alias": base, "row": base[1], "other": torch.ones(2)}
+    io.save(io.Checkpoint("state_dict", state), tmp_path / "tied.safetensors")
+    with safe_open(str(tmp_path / "tied.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    loaded = load_file(str(tmp_path / "tied.safetensors"))
+    kept = metadata and next(iter(metadata.values()))
+    assert metadata == {({"a", "alias"} - {kept}).pop(): kept} and kept in ("a", "alias")
+    assert set(loaded) == {kept, "row", "other"} and torch.equal(loaded["row"], base[1])
+
+    views = {"left": base[:, :2], "right": base[:, 2:]}  # no name covers the storage: copies
+    io.save(io.Checkpoint("state_dict", views), tmp_path / "views.safetensors")
+    assert all(torch.equal(load_file(str(tmp_path / "views.safetensors"))[k], v) for k, v in views.items())
+
+
+def test_rename_noreplace_never_replaces(tmp_path):
+    """Promise: "refuses an existing output without --force", atomically: the final rename fails on
+    a file or folder that appeared meanwhile."""
+    for make in (lambda p: p.write_text("x"), lambda p: p.mkdir()):
+        src, dst = tmp_path / "src", tmp_path / "dst"
+        make(src)
+        (dst.mkdir() if src.is_dir() else dst.write_text("theirs"))
+        with pytest.raises(FileExistsError):
+            io.rename_noreplace(src, dst)
+        assert src.exists()
+        for p in (src, dst):
+            p.rmdir() if p.is_dir() else p.unlink()
+        make(src)
+        io.rename_noreplace(src, dst)
+        assert dst.exists() and not src.exists()
+        dst.rmdir() if dst.is_dir() else dst.unlink()

@@ -133,23 +133,22 @@ def untied(tensors: Dict[str, torch.Tensor]) -> "tuple[Dict[str, torch.Tensor], 
     name kept, its exact aliases dropped and recorded in the metadata as ``{alias: kept}`` (what
     ``safetensors.torch.load_model`` and transformers read back); views of another part of a
     shared storage are written as copies. Every tensor made contiguous."""
-    from safetensors.torch import _find_shared_tensors, _remove_duplicate_names
-
     tensors, metadata = dict(tensors), {}
-    try:
-        groups = _remove_duplicate_names(tensors)
-    except RuntimeError:  # no name covers a whole shared storage: keep every view, as a copy
-        groups = {}
-        for names in _find_shared_tensors(tensors):
-            for name in names if len(names) > 1 else ():
-                tensors[name] = tensors[name].clone()
-    for kept, aliases in groups.items():
-        for alias in aliases:
-            t, k = tensors[alias], tensors[kept]
-            if (t.data_ptr(), t.shape, t.stride(), t.dtype) == (k.data_ptr(), k.shape, k.stride(), k.dtype):
+    shared: Dict[tuple, list] = {}
+    for name, t in tensors.items():
+        if t.untyped_storage().nbytes() > 0:
+            shared.setdefault((t.device, t.untyped_storage().data_ptr()), []).append(name)
+    for names in (n for n in shared.values() if len(n) > 1):
+        whole = [n for n in sorted(names) if tensors[n].is_contiguous() and tensors[n].storage_offset() == 0
+                 and tensors[n].nbytes == tensors[n].untyped_storage().nbytes()]
+        kept = whole[0] if whole else names[0]
+        k = tensors[kept]
+        for alias in (n for n in names if n != kept):
+            t = tensors[alias]
+            if whole and (t.data_ptr(), t.shape, t.stride(), t.dtype) == (k.data_ptr(), k.shape, k.stride(), k.dtype):
                 metadata[alias] = kept
                 del tensors[alias]
-            else:  # a part of the kept tensor: save_model would drop it and load it back as the whole
+            else:  # another part of the storage: save_model would load it back as the whole
                 tensors[alias] = t.clone()
     return {k: v.contiguous() for k, v in tensors.items()}, metadata
 

@@ -146,3 +146,36 @@ def test_benchmark_peers_read_the_method_names():
         assert peers.ROUTES[device] == peers.routes(device) == tuple(svs.ops.method_names(device))
     ours = [p.name for p in peers.our_routes("cpu")]
     assert ours == [f"svs.refine {m}" for m in svs.ops.method_names("cpu")]
+
+
+def test_refine_inplace_refuses_overlapping_inputs():
+    """README: svs.refine_ refines "in place"; inputs that share memory would be overwritten with
+    another weight's result, so overlapping views are one ValueError and nothing changes; views of
+    one storage that share no element are refined."""
+    import svs
+
+    w = torch.randn(6, 8, dtype=torch.float64)
+    before = w.clone()
+    for views in ([w[:, :5], w[:, 3:]], [w, w[1:3]], [w[:1].expand(6, 8), torch.randn(6, 8)]):
+        with pytest.raises(ValueError, match="overlap in memory|share memory"):
+            svs.refine_(views)
+        assert torch.equal(w, before)
+    left, right = w[:, ::2], w[:, 1::2]
+    expected = svs.refine([left.clone(), right.clone()])[0]
+    svs.refine_([left, right])
+    assert torch.equal(left, expected[0]) and torch.equal(right, expected[1])
+
+
+def test_meta_model_is_one_clear_error():
+    """README: refine_model raises one error naming the parameter for what it cannot refine; a model
+    on the meta device has no data: one ValueError, while the operator's fake kernel gives meta outputs."""
+    import svs
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)).to("meta")
+    for dry_run in (False, True):
+        with pytest.raises(ValueError, match="'0.weight' is on the meta device"):
+            svs.refine_model(model, dry_run=dry_run)
+    w = torch.empty(3, 4, device="meta")
+    new_w, _, spectra, codes = torch.ops.svs.refine_with_spectra([w], [None], "sqrt", 1e-8, "auto")
+    assert [t.device.type for t in (new_w[0], spectra[0], codes)] == ["meta"] * 3
+    assert codes.shape == (1,) and codes.dtype == torch.int8

@@ -60,7 +60,9 @@ def load(path: PathLike, trust_pickle: bool = False) -> Checkpoint:
             code from the file (said on stderr): only for files from a source you trust.
     """
     path = Path(path)
-    open(path, "rb").close()  # the OS's own error for a missing path, a folder, no permission
+    if not stat.S_ISDIR(os.stat(path).st_mode) and not path.is_file():  # os.stat: the OS's error for a missing path
+        raise CheckpointError(f"{path} is not a regular file (a FIFO, device or socket)")
+    open(path, "rb").close()  # the OS's own error for a folder, no permission
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

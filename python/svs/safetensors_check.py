@@ -68,8 +68,8 @@ def read_header(path: Path) -> Tuple[int, Dict[str, Entry], bytes]:
     no gap, nothing past the end). Raises :class:`~svs.io.CheckpointError` naming the file and
     the tensor or key; ``OSError`` as ``open()`` would."""
     path = Path(path)
-    with open(path, "rb") as f:
-        size = _size(f)
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
         if n < 2 or n > min(size - 8, MAX_HEADER_BYTES):
@@ -118,11 +118,15 @@ def _entry(path: Path, name: str, info, data_start: int) -> Entry:
     return Entry(path.name, dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
 
 
-def _size(f: BinaryIO) -> int:
-    st = os.fstat(f.fileno())
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{f.name} is not a regular file")
-    return st.st_size
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file (or a symlink to one); a FIFO, device
+    or socket is a :class:`~svs.io.CheckpointError` (opened without blocking, so a FIFO with no
+    writer cannot hang the run). ``OSError`` as ``open()`` would."""
+    f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise CheckpointError(f"{path} is not a regular file (a FIFO, device or socket)")
+    return f
 
 
 def read_tensor(f: BinaryIO, entry: Entry) -> torch.Tensor:

@@ -32,7 +32,7 @@ from . import __version__
 from .distributed import Ranks, assign, job_cost, merge_reports, plan
 from .cli_common import resolve_output
 from .io import CheckpointError, atomic_write, claim, rename_noreplace, temp_path
-from .safetensors_check import DTYPES, Entry, unique_keys, read_header, read_tensor
+from .safetensors_check import DTYPES, Entry, open_regular, read_header, read_tensor, unique_keys
 from .interrupt import interruptible
 from .tensors import _progress_bar, refine_tensors
 from .presets import Role, select
@@ -124,9 +124,7 @@ def _read_index(path: Path) -> Dict[str, Any]:
     whose ``weight_map`` maps tensor names to shard file names in the same folder, and whose
     ``metadata``, if present, is an object."""
     try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise CheckpointError(f"{path} is not a regular file")
+        with open_regular(path) as f:
             raw = f.read(MAX_INDEX_BYTES + 1)
         if len(raw) > MAX_INDEX_BYTES:
             raise CheckpointError(f"{path} is larger than {MAX_INDEX_BYTES >> 20} MiB; not a safetensors index")
@@ -230,9 +228,11 @@ def refine_dir(
         elif report_path is not None and ranks.rank == 0:
             atomic_write(report_path, lambda t: Path(t).write_text(json.dumps(report.to_dict(), indent=1)), force)
         return report
-    except BaseException:
+    except BaseException as err:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and tmp is not None and str(err.filename or "").startswith(str(tmp)):
+            raise OSError(err.errno, f"cannot write it ({err.strerror})", str(dst)) from err  # not the temporary
         raise
     finally:
         held.close()
@@ -294,9 +294,7 @@ def _copy_other(src: Path, dst: Path) -> None:
     """``src`` copied to ``dst`` (data, mode and times, as ``shutil.copy2``), at most
     MAX_OTHER_FILE_BYTES of it even if it grew since :func:`other_files` checked it."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
-            raise CheckpointError(f"{src} is not a regular file")
+    with open_regular(src) as fin, open(dst, "wb") as fout:
         left = MAX_OTHER_FILE_BYTES + 1
         while chunk := fin.read(min(_COPY_CHUNK, left)):
             fout.write(chunk)
@@ -369,7 +367,10 @@ def _finish(ckpt: ShardedCheckpoint, tmp: Path, dst: Path, force: bool, report: 
     old = None
     try:
         if report_tmp is not None:
-            report_tmp.write_text(json.dumps(report.to_dict(), indent=1))
+            try:
+                report_tmp.write_text(json.dumps(report.to_dict(), indent=1))
+            except OSError as err:
+                raise OSError(err.errno, f"cannot write it ({err.strerror})", str(report_path)) from err
         if force and dst.exists():
             old = temp_path(dst, "old")
             os.rename(dst, old)

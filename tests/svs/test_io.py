@@ -151,3 +151,13 @@ def test_rename_noreplace_never_replaces(tmp_path):
         io.rename_noreplace(src, dst)
         assert dst.exists() and not src.exists()
         dst.rmdir() if dst.is_dir() else dst.unlink()
+
+
+def test_fifo_or_device_input_is_one_error(tmp_path):
+    """Promise: a file that is not a checkpoint is one error naming it; a FIFO (with no writer) or a
+    device must not hang or stream forever."""
+    os.mkfifo(tmp_path / "pipe.pt")
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    for path in (tmp_path / "pipe.pt", tmp_path / "pipe.safetensors", "/dev/zero"):
+        with pytest.raises(io.CheckpointError, match="is not a regular file"):
+            io.load(path)

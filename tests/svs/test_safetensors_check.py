@@ -100,14 +100,11 @@ def test_a_file_truncated_after_the_check_is_one_error(tmp_path):
 
 
 def test_not_a_regular_file(tmp_path):
-    """Promise: one line naming the file, for a FIFO that is named like a shard too."""
+    """Promise: one line naming the file, for a FIFO named like a shard too (no writer: the run
+    must not hang opening it)."""
     import os
 
     fifo = tmp_path / "m.safetensors"
     os.mkfifo(fifo)
-    fd = os.open(fifo, os.O_RDWR)  # a writer, so that opening it to read does not block
-    try:
-        with pytest.raises(CheckpointError, match="is not a regular file"):
-            read_header(fifo)
-    finally:
-        os.close(fd)
+    with pytest.raises(CheckpointError, match="is not a regular file"):
+        read_header(fifo)

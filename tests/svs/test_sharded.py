@@ -398,11 +398,11 @@ def test_output_errors_on_a_directory_are_one_line(copy_dir, tmp_path, monkeypat
     import errno
 
     for code_ in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-        def fail(*args, **kwargs):
-            raise OSError(code_, os.strerror(code_), str(tmp_path / ".out.svs-tmp-0"))
+        def fail(src, dst, *args):
+            raise OSError(code_, os.strerror(code_), str(dst))  # a file in the temporary folder
         monkeypatch.setattr(sharded, "_copy_except", fail)
         code, err = run_cli("refine", copy_dir, "-o", tmp_path / "out", "--report", tmp_path / "r.json")
-        assert code == 2 and len(err) == 1 and os.strerror(code_) in err[0], err
+        assert code == 2 and len(err) == 1 and f"{tmp_path / 'out'}: cannot write it ({os.strerror(code_)})" in err[0], err
         assert leftovers(tmp_path) == ["m"]
 
 

@@ -51,8 +51,8 @@ Refined refine_svd(const at::Tensor& a_in, const SigmaMap& map) {
   const at::Tensor a = times_pow2(a_in, -k);
   auto [u, s_scaled, vh] = at::linalg_svd(a, /*full_matrices=*/false);
   const at::Tensor s = times_pow2(s_scaled, k.squeeze(-1));
-  const at::Tensor s_max = s.narrow(-1, 0, 1);
-  const at::Tensor keep = s > s_max * rank_tolerance(a.size(-2), a.size(-1), kEps64);
+  const at::Tensor s_max = s.narrow(-1, 0, 1);  // the rank test below in the scaled domain: s may overflow
+  const at::Tensor keep = s_scaled > s_scaled.narrow(-1, 0, 1) * rank_tolerance(a.size(-2), a.size(-1), kEps64);
   return {at::matmul(u * apply_map(s, s_max, keep, map).unsqueeze(-2), vh),
           at::where(keep, s, at::zeros_like(s)), at::full({a.size(0)}, kRouteAtenSvd, at::kChar)};
 }
@@ -70,7 +70,8 @@ std::pair<Refined, at::Tensor> refine_gram(const at::Tensor& a_in, const SigmaMa
   const at::Tensor s_scaled = l.clamp_min(0).sqrt();
   const at::Tensor s = times_pow2(s_scaled, k.squeeze(-1));
   const at::Tensor s_max = s.narrow(-1, s.size(-1) - 1, 1);
-  const at::Tensor keep = s > s_max * gram_rank_tolerance(a.size(-2), a.size(-1));
+  const at::Tensor keep =
+      s_scaled > s_scaled.narrow(-1, s.size(-1) - 1, 1) * gram_rank_tolerance(a.size(-2), a.size(-1));
   const at::Tensor g = (apply_map(s, s_max, keep, map) / at::where(keep, s_scaled, at::ones_like(s)))
                            .unsqueeze(-2);
   const at::Tensor qt = q.mT();

@@ -340,3 +340,21 @@ def test_scale_invariant_over_each_dtypes_range(dtype, where, method, map, seed)
         s_min = np.linalg.svd(x_unit, compute_uv=False)[-1] * 2.0**e
         tol = 4 * 2.0**-1074 / s_min
     assert_matches(out_unit, ref_unit, tol)
+
+
+@pytest.mark.parametrize("method", ["auto", "svd", "gram"])
+def test_singular_values_past_float64s_range_are_never_silently_wrong(method, seed):
+    """README: a result past the dtype's range is an error naming the weight. A float64 matrix whose
+    entries are near the largest float64 has singular values past it (s_max ~ sqrt(m n) max|w|):
+    the result is either right (compared at unit scale) or a RuntimeError naming weights[0],
+    never zeros (the rank test runs on the scaled values, where nothing overflows)."""
+    y = with_spectrum(12, 20, 10.0, 1.0, seed)
+    e = 1022
+    x = torch.from_numpy(np.ldexp(y / np.abs(y).max(), e))
+    try:
+        (out,), _ = svs.refine([x], map="sqrt", method=method)
+    except RuntimeError as err:
+        assert "weights[0]" in str(err)
+        return
+    ref_unit = reference_refine(torch.from_numpy(np.ldexp(x.numpy(), -e)), "sqrt")
+    assert_matches(torch.from_numpy(np.ldexp(out.numpy(), -e // 2)), ref_unit)

@@ -276,8 +276,8 @@ def claim(path: PathLike) -> Iterator[None]:
                 owner = lock.read_text()
             except FileNotFoundError:
                 continue
-            host, pid, _start = (owner.split() + ["", "0", ""])[:3]
-            if host != mine.split()[0] or _process_mark(int(pid) if pid.isdigit() else 0) == owner.strip():
+            host, pid = (owner.split() + ["?", "?"])[:2]  # "?": a lock just created, not yet written
+            if host != mine.split()[0] or not pid.isdigit() or _process_mark(int(pid)) == owner.strip():
                 raise FileExistsError(errno.EEXIST, f"is being written by process {pid} on {host} (its lock "
                                       f"{lock.name}; remove it if no such run is active)", str(path)) from None
             for item in path.parent.iterdir():  # the dead run's temporaries
@@ -287,8 +287,10 @@ def claim(path: PathLike) -> Iterator[None]:
     else:
         raise FileExistsError(errno.EEXIST, f"its lock {lock.name} keeps changing (another run?)", str(path))
     try:
-        os.write(fd, mine.encode())
-        os.close(fd)
+        try:
+            os.write(fd, mine.encode())
+        finally:
+            os.close(fd)
         yield
     finally:
         lock.unlink(missing_ok=True)

@@ -143,7 +143,7 @@ def _read_index(path: Path) -> Dict[str, Any]:
 
 def check_out_dir(src: Path, dst: Path, force: bool) -> None:
     """Refuses an OUT_DIR inside MODEL_DIR (or holding it), an existing one without ``force``,
-    a file, or one whose parent folder is missing."""
+    a file, or one whose parent folder is missing or not writable."""
     s, d = src.resolve(), dst.resolve()
     if d == s or s in d.parents:
         raise ValueError(f"output {dst} is inside the model directory {src}; choose a folder outside it")
@@ -155,6 +155,8 @@ def check_out_dir(src: Path, dst: Path, force: bool) -> None:
         raise ValueError(f"{dst} exists; pass --force to replace it")
     if not dst.parent.is_dir():
         raise ValueError(f"cannot write {dst}: folder {dst.parent} does not exist")
+    if not os.access(dst.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {dst}: folder {dst.parent} is not writable")
 
 
 def refine_dir(

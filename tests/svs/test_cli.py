@@ -429,3 +429,24 @@ def test_tied_tensors_are_written_once(suffix, tmp_path):
     assert fresh.state_dict().keys() == expected.keys()
     for name, value in fresh.state_dict().items():
         assert torch.equal(value, expected[name]), name
+
+
+def test_killed_runs_temporary_file_is_removed_by_the_next_run(workdir):
+    """Promise: an interrupted run leaves no output file: a SIGKILLed run cannot clean up, so the
+    next run on the same output recognises its temporary (its name, and the lock of a process that
+    is gone) and removes it, leaving other hidden files alone."""
+    code = ("import sys, time; from pathlib import Path; from svs.io import claim, temp_path\n"
+            "out = Path(sys.argv[1])\n"
+            "with claim(out):\n"
+            "    temp_path(out).write_bytes(b'partial'); print('ready', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, "out.pt"], stdout=subprocess.PIPE, text=True, cwd=workdir)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (workdir / ".out.pt.mine").write_text("not svs's")
+    before = snapshot(workdir)
+    assert any(".svs-" in name for name in before)
+    assert run_main("refine", "good.pt", "-o", "out.pt")[0] == 0
+    after = snapshot(workdir)
+    assert {k for k in before if ".svs-" in k} - set(after) == {k for k in before if ".svs-" in k}
+    assert ".out.pt.mine" in after and not any(".svs-" in k for k in after)

@@ -512,3 +512,23 @@ def test_force_onto_a_symlink_to_a_folder_leaves_nothing_behind(model_dir, tmp_p
     assert leftovers(tmp_path) == ["links", "real"] and leftovers(tmp_path / "links") == ["out"]
     assert (tmp_path / "links" / "out").is_symlink() and (tmp_path / "real" / sharded.RECORD).is_file()
     assert not (tmp_path / "real" / "old.txt").exists()
+
+
+def test_really_full_or_read_only_disk_for_a_directory(model_dir, tmp_path):
+    """Promise: a full (ENOSPC) or read-only output file system is one line, exit 2, and no OUT_DIR,
+    report or temporary is left (a 64 kB tmpfs; needs root and mount rights, else skipped)."""
+    import subprocess
+
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mnt / "filler").write_bytes(bytes(40_000))
+        for remount, message in (("rw", "No space left on device"), ("ro", f"folder {mnt} is not writable")):
+            subprocess.run(["mount", "-o", f"remount,{remount}", str(mnt)], check=True)
+            code, err = run_cli("refine", model_dir, "-o", mnt / "out", "--report", mnt / "r.json")
+            assert code == 2 and len(err) == 1 and message in err[0], err
+            assert leftovers(mnt) == ["filler"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -3,7 +3,9 @@
 Loading runs no code from a file unless asked: ``.pt`` files are read with
 ``torch.load(weights_only=True)``, and a whole pickled module (``torch.save(model)``, as
 Diff-Pruning saves pruned models) only with ``trust_pickle=True``. Writes are atomic (temporary
-files beside the outputs, then renames), so an error or Ctrl-C never leaves a half-written file.
+files beside the outputs, then renames), so an error or Ctrl-C never leaves a half-written file;
+:func:`claim` keeps two runs from writing one output, and the final rename can refuse to replace
+a file that appeared meanwhile (:func:`rename_noreplace`).
 """
 from __future__ import annotations
 

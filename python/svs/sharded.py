@@ -8,8 +8,10 @@ are copied as bytes, and refined ones are written into their places one refine c
 so memory holds one batch of matrices, never a whole shard or model. The index is rewritten,
 every other file copied, and ``svs_refine.json`` records what was done (``svs inspect`` reads it).
 
-The output is built in a temporary directory beside OUT_DIR and renamed at the end: a failed or
-interrupted run leaves no OUT_DIR. Under ``torchrun`` the refine calls are split over the ranks
+The index's types, every shard header (:mod:`svs.safetensors_check`) and the other files are
+checked before any work. The output is built in a temporary directory beside OUT_DIR, held by a
+lock file (:func:`svs.io.claim`), and renamed at the end without replacing anything that appeared
+meanwhile (unless ``force``): a failed or interrupted run leaves no OUT_DIR. Under ``torchrun`` the refine calls are split over the ranks
 (:mod:`svs.distributed`), each writing the tensors it refined; OUT_DIR must then be on a file
 system every rank sees.
 """

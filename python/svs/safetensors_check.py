@@ -56,6 +56,12 @@ def unique_keys(where: str):
     return hook
 
 
+def json_type(value) -> str:
+    """The JSON name of a parsed value's type (for messages: "a JSON array, not an object")."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return names.get(type(value), "null")
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -83,7 +89,7 @@ def read_header(path: Path) -> Tuple[int, Dict[str, Entry], bytes]:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path} is not a safetensors file (its header is not UTF-8 JSON)") from None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object")
+        raise CheckpointError(f"{path}: the safetensors header is a JSON {json_type(header)}, not an object")
     meta = header.pop("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise CheckpointError(f"{path}: __metadata__ must be an object of strings")

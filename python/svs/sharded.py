@@ -34,7 +34,7 @@ from . import __version__
 from .distributed import Ranks, assign, job_cost, merge_reports, plan
 from .cli_common import resolve_output
 from .io import CheckpointError, atomic_write, claim, rename_noreplace, temp_path
-from .safetensors_check import DTYPES, Entry, open_regular, read_header, read_tensor, unique_keys
+from .safetensors_check import DTYPES, Entry, json_type, open_regular, read_header, read_tensor, unique_keys
 from .interrupt import interruptible
 from .tensors import _progress_bar, refine_tensors
 from .presets import Role, select
@@ -94,7 +94,7 @@ def open_dir(root: Path) -> ShardedCheckpoint:
         weight_map = index_data["weight_map"]
         shards = sorted(set(weight_map.values()))
         for shard in shards:
-            if not (root / shard).is_file():
+            if not (root / shard).exists():  # one that is not a regular file: read_header says so
                 raise CheckpointError(f"{index_path} names shard {shard}, which is missing")
     else:
         shards = sorted(p.name for p in root.glob("*.safetensors"))
@@ -136,7 +136,7 @@ def _read_index(path: Path) -> Dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
         raise CheckpointError(f"{path} is not a safetensors index (a JSON object with a weight_map object)")
     if not isinstance(data.get("metadata", {}), dict):
-        raise CheckpointError(f"{path}: 'metadata' is a JSON {type(data['metadata']).__name__}, not an object")
+        raise CheckpointError(f"{path}: 'metadata' is a JSON {json_type(data['metadata'])}, not an object")
     for name, shard in data["weight_map"].items():
         if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", ".."):
             raise CheckpointError(f"{path}: weight_map[{name!r}] is {shard!r}, not a file name in {path.parent}")

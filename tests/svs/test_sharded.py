@@ -269,8 +269,9 @@ BAD_INDEXES = {
     "a path where a file name belongs": (lambda d: d["weight_map"].update({"model.norm.weight": "../x.safetensors"}), "not a file name"),
     "weight_map a list": (lambda d: d.update(weight_map=list(d["weight_map"])), "a weight_map object"),
     "weight_map missing": (lambda d: d.pop("weight_map"), "a weight_map object"),
-    "metadata a list": (lambda d: d.update(metadata=[1]), "'metadata' is a JSON list, not an object"),
-    "metadata a string": (lambda d: d.update(metadata="x"), "'metadata' is a JSON str, not an object"),
+    "metadata a list": (lambda d: d.update(metadata=[1]), "'metadata' is a JSON array, not an object"),
+    "metadata a string": (lambda d: d.update(metadata="x"), "'metadata' is a JSON string, not an object"),
+    "metadata null": (lambda d: d.update(metadata=None), "'metadata' is a JSON null, not an object"),
 }
 
 
@@ -532,3 +533,14 @@ def test_really_full_or_read_only_disk_for_a_directory(model_dir, tmp_path):
             assert leftovers(mnt) == ["filler"]
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_shard_that_is_not_a_regular_file(copy_dir, tmp_path, no_refining):
+    """Promise: a shard that is not safetensors is one line naming it, before any work (a symlink to
+    /dev/zero would otherwise be read forever)."""
+    shard = first_shard(copy_dir)
+    shard.unlink()
+    shard.symlink_to("/dev/zero")
+    code, err = run_cli("refine", copy_dir, "-o", tmp_path / "out")
+    assert code == 2 and len(err) == 1 and f"{shard} is not a regular file" in err[0], err
+    assert leftovers(tmp_path) == ["m"]

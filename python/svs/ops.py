@@ -199,14 +199,17 @@ def _byte_span(t: torch.Tensor) -> Tuple[int, int]:
 
 def _overlap(t: torch.Tensor, u: torch.Tensor) -> bool:
     """Whether two tensors of one storage share a byte: their spans first, element by element only
-    when the spans meet."""
+    when the spans meet (interleaved views), on a mask of the storage in units of the smaller item."""
     (a0, a1), (b0, b1) = _byte_span(t), _byte_span(u)
     if a1 <= b0 or b1 <= a0:
         return False
+    unit = min(t.element_size(), u.element_size())
+    mask = torch.zeros(max(a1, b1) // unit, dtype=torch.bool)
 
-    def bytes_of(x: torch.Tensor) -> torch.Tensor:
-        n = x.storage_offset() + sum((d - 1) * s for d, s in zip(x.shape, x.stride())) + 1
-        first = torch.arange(n).as_strided(x.shape, x.stride(), x.storage_offset()).reshape(-1) * x.element_size()
-        return (first.unsqueeze(1) + torch.arange(x.element_size())).reshape(-1)
+    def units(x: torch.Tensor) -> torch.Tensor:
+        per = x.element_size() // unit
+        first = torch.arange(mask.numel() // per).as_strided(x.shape, x.stride(), x.storage_offset()).reshape(-1) * per
+        return (first.unsqueeze(1) + torch.arange(per)).reshape(-1)
 
-    return bool(torch.isin(bytes_of(t), bytes_of(u)).any())
+    mask[units(t)] = True
+    return bool(mask[units(u)].any())

@@ -165,17 +165,3 @@ def test_refine_inplace_refuses_overlapping_inputs():
     svs.refine_([left, right])
     assert torch.equal(left, expected[0]) and torch.equal(right, expected[1])
 
-
-def test_meta_model_is_one_clear_error():
-    """README: refine_model raises one error naming the parameter for what it cannot refine; a model
-    on the meta device has no data: one ValueError, while the operator's fake kernel gives meta outputs."""
-    import svs
-
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)).to("meta")
-    for dry_run in (False, True):
-        with pytest.raises(ValueError, match="'0.weight' is on the meta device"):
-            svs.refine_model(model, dry_run=dry_run)
-    w = torch.empty(3, 4, device="meta")
-    new_w, _, spectra, codes = torch.ops.svs.refine_with_spectra([w], [None], "sqrt", 1e-8, "auto")
-    assert [t.device.type for t in (new_w[0], spectra[0], codes)] == ["meta"] * 3
-    assert codes.shape == (1,) and codes.dtype == torch.int8

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <optional>
 
 namespace svs {
 namespace {
@@ -27,29 +28,87 @@ struct Refined {
   at::Tensor out, spectra, routes;
 };
 
-Refined refine_svd(const at::Tensor& a, const SigmaMap& map) {
-  auto [u, s, vh] = at::linalg_svd(a, /*full_matrices=*/false);
-  const at::Tensor s_max = s.narrow(-1, 0, 1);
-  const at::Tensor keep = s > s_max * rank_tolerance(a.size(-2), a.size(-1), kEps64);
-  return {at::matmul(u * apply_map(s, s_max, keep, map).unsqueeze(-2), vh),
-          at::where(keep, s, at::zeros_like(s)), at::full({a.size(0)}, kRouteAtenSvd, at::kChar)};
+// 2^k for an integer-valued tensor k within the normal exponent range, built from its bits (exact).
+at::Tensor pow2(const at::Tensor& k) {
+  return at::bitwise_left_shift(k.to(at::kLong) + 1023, 52).view(at::kDouble);
+}
+
+// x * 2^k, exact unless the result leaves the normal range, in two factors so that every k a
+// float64 can need (-1074 to 1024) has representable ones.
+at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& k) {
+  const at::Tensor half = at::floor_divide(k, 2);
+  return x * pow2(half) * pow2(k - half);
+}
+
+// An even exponent k (..., 1, 1) with max |a_ij| in [2^(k-2), 2^k) per matrix (0 for a zero
+// matrix). The routes decompose a * 2^-k and unscale, as LAPACK's SVD scales: the Gram matrix of a
+// float64 matrix near 1e-200 or 1e+200 would underflow to zero or overflow to inf. Even, so that
+// sqrt scales back by an exact power of two.
+at::Tensor scale_exponent(const at::Tensor& a) {
+  const at::Tensor k = std::get<1>(at::frexp(a.abs().amax({-2, -1}, /*keepdim=*/true))).to(at::kLong);
+  return k + at::remainder(k, 2);
+}
+
+// The degree d of a map homogeneous in s (f(c s) = c^d f(s)), or none (log1p, abslog). Those maps
+// are applied to the scaled singular values and the result scaled back once by 2^(k d), so that it
+// is exact wherever it is in range, even where s itself would be subnormal; the others take the
+// unscaled s.
+std::optional<double> map_degree(const SigmaMap& map) {
+  switch (map.kind) {
+    case SigmaMap::Kind::Sqrt: return 0.5;
+    case SigmaMap::Kind::Power: return map.power;
+    case SigmaMap::Kind::Ones:
+    case SigmaMap::Kind::Spectral: return 0.0;
+    case SigmaMap::Kind::Square: return 2.0;
+    case SigmaMap::Kind::Identity: return 1.0;
+    default: return std::nullopt;
+  }
+}
+
+// out * 2^(k d) per matrix; the exponent is clamped to where the result has surely left float64's
+// range (out is O(1) in the scaled domain), so the power-of-two factors stay representable.
+at::Tensor unscale_output(const at::Tensor& out, const at::Tensor& k, double d) {
+  const at::Tensor kd = (k.to(at::kDouble) * d).clamp(-2044, 2046);
+  const at::Tensor whole = at::floor(kd);
+  return times_pow2(out, whole.to(at::kLong)) * at::exp2(kd - whole);
+}
+
+Refined refine_svd(const at::Tensor& a_in, const SigmaMap& map) {
+  const at::Tensor k = scale_exponent(a_in);
+  const at::Tensor a = times_pow2(a_in, -k);
+  auto [u, s_scaled, vh] = at::linalg_svd(a, /*full_matrices=*/false);
+  const at::Tensor s = times_pow2(s_scaled, k.squeeze(-1));
+  // The rank test in the scaled domain: s may overflow.
+  const at::Tensor keep = s_scaled > s_scaled.narrow(-1, 0, 1) * rank_tolerance(a.size(-2), a.size(-1), kEps64);
+  const std::optional<double> degree = map_degree(map);
+  const at::Tensor& s_map = degree ? s_scaled : s;
+  const at::Tensor out = at::matmul(u * apply_map(s_map, s_map.narrow(-1, 0, 1), keep, map).unsqueeze(-2), vh);
+  return {degree ? unscale_output(out, k, *degree) : out, at::where(keep, s, at::zeros_like(s)),
+          at::full({a.size(0)}, kRouteAtenSvd, at::kChar)};
 }
 
 // Also returns, per matrix, whether its conditioning is within the Gram route's accuracy range.
-std::pair<Refined, at::Tensor> refine_gram(const at::Tensor& a, const SigmaMap& map) {
+std::pair<Refined, at::Tensor> refine_gram(const at::Tensor& a_in, const SigmaMap& map) {
+  const at::Tensor k = scale_exponent(a_in);
+  const at::Tensor a = times_pow2(a_in, -k);  // W' below is linear in a: g uses the scaled s
   const bool wide = a.size(-2) <= a.size(-1);
   const at::Tensor at_ = a.mT();
   auto [l, q] = at::linalg_eigh(wide ? at::matmul(a, at_) : at::matmul(at_, a));
   const at::Tensor l_max = l.narrow(-1, l.size(-1) - 1, 1);
   const at::Tensor well_conditioned =
       (l.narrow(-1, 0, 1) * kGramMaxEigenRatio >= l_max).squeeze(-1);
-  const at::Tensor s = l.clamp_min(0).sqrt();
-  const at::Tensor s_max = s.narrow(-1, s.size(-1) - 1, 1);
-  const at::Tensor keep = s > s_max * gram_rank_tolerance(a.size(-2), a.size(-1));
-  const at::Tensor g = (apply_map(s, s_max, keep, map) / at::where(keep, s, at::ones_like(s)))
+  const at::Tensor s_scaled = l.clamp_min(0).sqrt();
+  const at::Tensor s = times_pow2(s_scaled, k.squeeze(-1));
+  const at::Tensor keep =
+      s_scaled > s_scaled.narrow(-1, s.size(-1) - 1, 1) * gram_rank_tolerance(a.size(-2), a.size(-1));
+  const std::optional<double> degree = map_degree(map);
+  const at::Tensor& s_map = degree ? s_scaled : s;
+  const at::Tensor g = (apply_map(s_map, s_map.narrow(-1, s.size(-1) - 1, 1), keep, map) /
+                        at::where(keep, s_scaled, at::ones_like(s)))
                            .unsqueeze(-2);
   const at::Tensor qt = q.mT();
   at::Tensor out = wide ? at::matmul(q * g, at::matmul(qt, a)) : at::matmul(at::matmul(a, q) * g, qt);
+  if (degree) out = unscale_output(out, k, *degree);
   return {{out, at::where(keep, s, at::zeros_like(s)).flip(-1), at::full({a.size(0)}, kRouteAtenGram, at::kChar)},
           well_conditioned};
 }

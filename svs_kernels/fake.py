@@ -33,7 +33,8 @@ def _reconstruct_fake(u, s, vh, out, map=0, power=1.0) -> None:
 def _refine_with_spectra_fake(weights, biases, map="sqrt", eps=1e-8, method="auto"):
     new_weights, new_biases = _refine_fake(weights, biases, map, eps, method)
     spectra = [w.new_empty((min(w.shape[0], w.numel() // max(w.shape[0], 1)),), dtype=torch.float64) for w in weights]
-    return new_weights, new_biases, spectra, torch.empty(len(weights), dtype=torch.int8)
+    # On the inputs' device (meta under shape inference), like the real kernel's route codes' shape.
+    return new_weights, new_biases, spectra, torch.zeros(len(weights), dtype=torch.int8, device=weights[0].device)
 
 
 @torch.library.register_fake("svs::_map_spectrum")

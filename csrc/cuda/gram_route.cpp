@@ -37,6 +37,14 @@ std::vector<std::pair<int64_t, int64_t>> shape_runs(const std::vector<int>& ids,
   return runs;
 }
 
+// x * 2^k (k integer-valued, |k| <= 1074), exact within the normal range: two factors built from
+// their bits, so that every k a float64 matrix can need has representable ones.
+at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& k) {
+  const auto pow2 = [](const at::Tensor& e) { return at::bitwise_left_shift(e + 1023, 52).view(at::kDouble); };
+  const at::Tensor half = at::floor_divide(k, 2);
+  return x * pow2(half) * pow2(k - half);
+}
+
 }  // namespace
 
 void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padded) {
@@ -61,6 +69,16 @@ void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padde
 
   BlasHandle blas(device_.index(), stream());
   const auto runs = shape_runs(ids, mats_);
+  // Each matrix times 2^-k (max |a_ij| in [1/2, 1)), as LAPACK's SVD scales, so that its Gram
+  // matrix neither underflows nor overflows (float64 near 1e-200 / 1e+200). U and Vh do not change;
+  // the singular values are unscaled after the inverse scaling below.
+  std::vector<at::Tensor> exps;
+  for (const auto& [p0, count] : runs) {
+    const Mat& a = mat(ids[p0]);
+    at::Tensor m = buffers_[M].narrow(0, moff[p0], count * a.m * a.n).view({count, a.m * a.n});
+    exps.push_back(std::get<1>(at::frexp(m.abs().amax({1}, /*keepdim=*/true))).to(at::kLong));
+    m.copy_(times_pow2(m, -exps.back()));
+  }
   for (const auto& [p0, count] : runs) {
     const Mat& a = mat(ids[p0]);
     check(gram(blas, ptr(M) + moff[p0], a.m, a.n, count, ptr(G) + goff[p0], ld[p0], ld[p0] * ld[p0]),
@@ -93,6 +111,11 @@ void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padde
           "applying the eigenvectors (DGEMM)");
   }
   scale_by_inverse_sigma(ids, P, moff, I, inv_off);
+  for (size_t r = 0; r < runs.size(); ++r) {
+    const auto& [p0, count] = runs[r];
+    at::Tensor w = buffers_[W].narrow(0, woff[p0], count * ld[p0]).view({count, ld[p0]});
+    w.copy_(times_pow2(w, exps[r]));
+  }
 
   for (int64_t b = 0; b < batch; ++b) {
     const Mat& a = mat(ids[b]);

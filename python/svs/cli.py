@@ -8,6 +8,7 @@ shows the traceback. Ctrl-C or SIGTERM prints one line and exits 130 / 143 with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from typing import List, Optional
 import torch
 
 from . import __version__, io
-from .cli_common import UsageError, check_image, check_output, progress_default
+from .cli_common import UsageError, check_image, check_output, check_report, progress_default, resolve_output
 from .experiments.cli import add_experiment_commands
 from .extras import MissingExtra
 from .interrupt import own_process
@@ -52,15 +53,23 @@ def cmd_refine(args: argparse.Namespace) -> int:
         from .sharded import cmd_refine_dir
 
         return cmd_refine_dir(args)
-    dst = None if args.dry_run else args.output and Path(args.output)
+    dst = None if args.dry_run else args.output and resolve_output(Path(args.output))
     if not args.dry_run and not dst:
         raise UsageError("give the output file with -o (or --dry-run to only report)")
-    outputs = [p for p in (dst, args.report and Path(args.report)) if p]
-    if len(outputs) == 2 and outputs[0].absolute() == outputs[1].absolute():
-        raise UsageError("-o and --report name the same file")
-    for path in outputs:
+    report_path = args.report and resolve_output(Path(args.report))
+    if args.report:
+        check_report(Path(args.report), src, dst)
+    for path in (p for p in (dst, report_path) if p):
         check_output(path, args.force, [args.input])
     device = check_device(args.device)
+    with contextlib.ExitStack() as held:  # a second run on these outputs fails while this one runs
+        for path in (p for p in (dst, report_path) if p):
+            held.enter_context(io.claim(path))
+        return _refine_file(args, src, dst, report_path, device)
+
+
+def _refine_file(args: argparse.Namespace, src: Path, dst: Optional[Path], report_path: Optional[Path],
+                 device: torch.device) -> int:
     ckpt = io.load(src, trust_pickle=args.trust_pickle)
     if device.type != "cpu":  # refined there, written from the CPU
         ckpt.obj = ckpt.obj.to(device) if isinstance(ckpt.obj, torch.nn.Module) else {
@@ -76,9 +85,9 @@ def cmd_refine(args: argparse.Namespace) -> int:
         ckpt.obj = ckpt.obj.cpu() if isinstance(ckpt.obj, torch.nn.Module) else {
             k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in ckpt.obj.items()}
     files = {dst: io.writer(ckpt, dst)} if dst else {}
-    if args.report:
-        files[Path(args.report)] = lambda tmp: Path(tmp).write_text(json.dumps(report.to_dict(), indent=1))
-    io.atomic_write_all(files)
+    if report_path:
+        files[report_path] = lambda tmp: Path(tmp).write_text(json.dumps(report.to_dict(), indent=1))
+    io.atomic_write_all(files, replace=args.force)
     if not args.quiet:
         print(report)
     if args.dry_run:

@@ -34,6 +34,28 @@ def check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:
         raise UsageError(f"cannot write {path}: folder {folder} is not writable")
 
 
+def resolve_output(path: Path) -> Path:
+    """``path``, or what it names if it is a symlink, so that every check and the final rename act
+    on the target (the link is kept and names the new output); a symlink to nothing is refused."""
+    if not os.path.islink(path):
+        return path
+    if not path.exists():
+        raise UsageError(f"output {path} is a symlink to {os.readlink(path)}, which does not exist; give a real path")
+    return Path(os.path.realpath(path))
+
+
+def check_report(report: Path, source: Path, output: "Path | None") -> None:
+    """Refuses, before any work, a ``--report`` path that is the input or inside it (a model
+    folder), or that is the output or inside it."""
+    r = Path(os.path.realpath(resolve_output(report)))
+    for what, other in (("input", source), ("output", output)):
+        if other is None:
+            continue
+        o = Path(os.path.realpath(other))
+        if r == o or o in r.parents:
+            raise UsageError(f"--report {report} is {'inside ' if r != o else ''}the {what} {other}; choose another file")
+
+
 def check_image(path: Path) -> None:
     """Refuses, before any work, an image path whose suffix matplotlib cannot write."""
     from .plots import check_image_path

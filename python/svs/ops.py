@@ -163,6 +163,8 @@ def refine_(
     (as optimizers update parameters) it is changed in place and autograd does not see it.
     """
     weights, biases = check_args(weights, biases, map, eps)
+    _check_disjoint([(f"{what}[{i}]", t) for what, items in (("weights", weights), ("biases", biases))
+                     for i, t in enumerate(items) if t is not None])
     if torch.is_grad_enabled():
         for what, items in (("weights", weights), ("biases", biases)):
             for i, t in enumerate(items):
@@ -173,3 +175,41 @@ def refine_(
                     )
     with torch.no_grad():
         torch.ops.svs.refine_(weights, biases, map, eps, method)
+
+
+def _check_disjoint(named: List[Tuple[str, torch.Tensor]]) -> None:
+    """Refuses inputs of :func:`refine_` that share memory (views of one storage that overlap, or
+    one tensor whose elements alias, as ``expand`` makes): each result is written over its input,
+    so an overlap would end with another weight's result. Views that share a storage without
+    sharing an element (``w[:, ::2]``, ``w[:, 1::2]``) are fine."""
+    for i, (name, t) in enumerate(named):
+        if torch._debug_has_internal_overlap(t) == 1:
+            raise ValueError(f"{name} has elements that share memory (expanded?); refine_ writes in place: pass a copy")
+        for other, u in named[:i]:
+            if t.device == u.device and t.untyped_storage().data_ptr() == u.untyped_storage().data_ptr() and _overlap(t, u):
+                raise ValueError(f"{name} and {other} overlap in memory (views of one tensor); refine_ writes in place: "
+                                 "pass separate tensors or use svs.refine")
+
+
+def _byte_span(t: torch.Tensor) -> Tuple[int, int]:
+    size = t.element_size()
+    last = t.storage_offset() + sum((d - 1) * s for d, s in zip(t.shape, t.stride()) if d > 0)
+    return t.storage_offset() * size, (last + 1) * size
+
+
+def _overlap(t: torch.Tensor, u: torch.Tensor) -> bool:
+    """Whether two tensors of one storage share a byte: their spans first, element by element only
+    when the spans meet (interleaved views), on a mask of the storage in units of the smaller item."""
+    (a0, a1), (b0, b1) = _byte_span(t), _byte_span(u)
+    if a1 <= b0 or b1 <= a0:
+        return False
+    unit = min(t.element_size(), u.element_size())
+    mask = torch.zeros(max(a1, b1) // unit, dtype=torch.bool)
+
+    def units(x: torch.Tensor) -> torch.Tensor:
+        per = x.element_size() // unit
+        first = torch.arange(mask.numel() // per).as_strided(x.shape, x.stride(), x.storage_offset()).reshape(-1) * per
+        return (first.unsqueeze(1) + torch.arange(per)).reshape(-1)
+
+    mask[units(t)] = True
+    return bool(mask[units(u)].any())

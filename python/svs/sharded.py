@@ -8,19 +8,22 @@ are copied as bytes, and refined ones are written into their places one refine c
 so memory holds one batch of matrices, never a whole shard or model. The index is rewritten,
 every other file copied, and ``svs_refine.json`` records what was done (``svs inspect`` reads it).
 
-The output is built in a temporary directory beside OUT_DIR and renamed at the end: a failed or
-interrupted run leaves no OUT_DIR. Under ``torchrun`` the refine calls are split over the ranks
+The index's types, every shard header (:mod:`svs.safetensors_check`) and the other files are
+checked before any work. The output is built in a temporary directory beside OUT_DIR, held by a
+lock file (:func:`svs.io.claim`), and renamed at the end without replacing anything that appeared
+meanwhile (unless ``force``): a failed or interrupted run leaves no OUT_DIR. Under ``torchrun`` the refine calls are split over the ranks
 (:mod:`svs.distributed`), each writing the tensors it refined; OUT_DIR must then be on a file
 system every rank sees.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
-import math
 import os
-import secrets
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -29,7 +32,9 @@ import torch
 
 from . import __version__
 from .distributed import Ranks, assign, job_cost, merge_reports, plan
-from .io import CheckpointError
+from .cli_common import resolve_output
+from .io import CheckpointError, atomic_write, claim, rename_noreplace, temp_path
+from .safetensors_check import DTYPES, Entry, json_type, open_regular, read_header, read_tensor, unique_keys
 from .interrupt import interruptible
 from .layouts import Layout, expand, of_directory
 from .pipeline_dir import is_pipeline, refine_pipeline
@@ -40,22 +45,9 @@ from .report import ParamRecord, RefineReport
 INDEX_SUFFIX = ".safetensors.index.json"
 RECORD = "svs_refine.json"
 FLOATS = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-OTHERS = {"I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-            "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+MAX_INDEX_BYTES = 64 << 20
+MAX_OTHER_FILE_BYTES = 1 << 30  # config, tokenizer and other files copied beside the shards
 _COPY_CHUNK = 16 << 20
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One tensor of a shard: its dtype (safetensors' name), shape and byte range in the file."""
-
-    shard: str
-    dtype: str
-    shape: Tuple[int, ...]
-    start: int
-    end: int
 
 
 @dataclasses.dataclass
@@ -67,65 +59,22 @@ class ShardedCheckpoint:
     index_data: Dict[str, Any]
     shards: List[str]
     entries: Dict[str, Entry]
+    sizes: Dict[str, int]  # each shard's size in bytes
 
     def meta(self) -> Dict[str, torch.Tensor]:
         """Every tensor as a meta tensor of its shape and dtype: what presets look at."""
-        return {n: torch.empty(e.shape, dtype=FLOATS.get(e.dtype) or OTHERS.get(e.dtype, torch.uint8), device="meta")
-                for n, e in self.entries.items()}
+        return {n: torch.empty(e.shape, dtype=DTYPES[e.dtype], device="meta") for n, e in self.entries.items()}
 
-    def load(self, names: List[str], device: str = "cpu") -> Dict[str, torch.Tensor]:
-        """The named tensors, read lazily from their shards."""
-        from safetensors import safe_open
-
+    def load(self, names: List[str]) -> Dict[str, torch.Tensor]:
+        """The named tensors, read from their shards (CPU tensors; a shard that became shorter
+        than its checked header is a :class:`~svs.io.CheckpointError`)."""
         out: Dict[str, torch.Tensor] = {}
         for shard in dict.fromkeys(self.entries[n].shard for n in names):
-            with safe_open(str(self.root / shard), framework="pt", device=device) as f:
+            with open(self.root / shard, "rb") as f:
                 for n in names:
                     if self.entries[n].shard == shard:
-                        out[n] = f.get_tensor(n)
+                        out[n] = read_tensor(f, self.entries[n])
         return {n: out[n] for n in names}
-
-
-def _unique_keys(where: str):
-    def hook(pairs):
-        seen = {}
-        for key, value in pairs:
-            if key in seen:
-                raise CheckpointError(f"{where}: tensor {key!r} is listed twice")
-            seen[key] = value
-        return seen
-    return hook
-
-
-def read_header(path: Path) -> Tuple[int, Dict[str, Entry], bytes]:
-    """The data offset, entries and raw header bytes of a safetensors file, checked against its
-    size (a truncated file is caught here, before any work)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if n < 2 or n > min(size - 8, 1 << 28):
-            raise CheckpointError(f"{path} is not a safetensors file (no valid header)")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw, object_pairs_hook=_unique_keys(str(path)))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON)") from None
-    entries: Dict[str, Entry] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-        except (TypeError, KeyError, ValueError):
-            raise CheckpointError(f"{path}: malformed header entry for {name!r}") from None
-        if dtype in ITEMSIZE and end - begin != math.prod(shape) * ITEMSIZE[dtype]:
-            raise CheckpointError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {list(shape)} {dtype}")
-        entries[name] = Entry(path.name, dtype, shape, 8 + n + begin, 8 + n + end)
-    needed = max((e.end for e in entries.values()), default=8 + n)
-    if needed > size:
-        raise CheckpointError(f"{path} is truncated: its header needs {needed} bytes, the file has {size}")
-    return 8 + n, dict(sorted(entries.items(), key=lambda kv: kv[1].start)), raw
 
 
 def open_dir(root: Path) -> ShardedCheckpoint:
@@ -143,15 +92,11 @@ def open_dir(root: Path) -> ShardedCheckpoint:
         raise CheckpointError(f"{root} has several index files ({', '.join(indexes)}); refine one model directory at a time")
     if indexes:
         index_path = root / indexes[0]
-        try:
-            index_data = json.loads(index_path.read_text(), object_pairs_hook=_unique_keys(str(index_path)))
-            weight_map = index_data["weight_map"]
-            assert isinstance(weight_map, dict)
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, AssertionError):
-            raise CheckpointError(f"{index_path} is not a safetensors index (JSON with a weight_map)") from None
+        index_data = _read_index(index_path)
+        weight_map = index_data["weight_map"]
         shards = sorted(set(weight_map.values()))
         for shard in shards:
-            if not (root / shard).is_file():
+            if not (root / shard).exists():  # one that is not a regular file: read_header says so
                 raise CheckpointError(f"{index_path} names shard {shard}, which is missing")
     else:
         shards = sorted(p.name for p in root.glob("*.safetensors"))
@@ -160,8 +105,11 @@ def open_dir(root: Path) -> ShardedCheckpoint:
                                   "expected an index, or one .safetensors file")
         weight_map = None
     entries: Dict[str, Entry] = {}
+    sizes: Dict[str, int] = {}
     for shard in shards:
-        for name, entry in read_header(root / shard)[1].items():
+        start, found, _ = read_header(root / shard)
+        sizes[shard] = max((e.end for e in found.values()), default=start)  # the file's size, as checked
+        for name, entry in found.items():
             if name in entries:
                 raise CheckpointError(f"{root}: tensor {name!r} is listed twice ({entries[name].shard} and {shard})")
             entries[name] = entry
@@ -172,12 +120,34 @@ def open_dir(root: Path) -> ShardedCheckpoint:
     for name, shard in (weight_map or {}).items():
         if name not in entries:
             raise CheckpointError(f"{root / indexes[0]} lists {name!r} in {shard}, which does not hold it")
-    return ShardedCheckpoint(root, indexes[0] if indexes else None, index_data, shards, entries)
+    return ShardedCheckpoint(root, indexes[0] if indexes else None, index_data, shards, entries, sizes)
+
+
+def _read_index(path: Path) -> Dict[str, Any]:
+    """The index ``path`` checked for the types the output's index is built from: a JSON object
+    whose ``weight_map`` maps tensor names to shard file names in the same folder, and whose
+    ``metadata``, if present, is an object."""
+    try:
+        with open_regular(path) as f:
+            raw = f.read(MAX_INDEX_BYTES + 1)
+        if len(raw) > MAX_INDEX_BYTES:
+            raise CheckpointError(f"{path} is larger than {MAX_INDEX_BYTES >> 20} MiB; not a safetensors index")
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys(str(path)))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"{path} is not a safetensors index (not UTF-8 JSON)") from None
+    if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
+        raise CheckpointError(f"{path} is not a safetensors index (a JSON object with a weight_map object)")
+    if not isinstance(data.get("metadata", {}), dict):
+        raise CheckpointError(f"{path}: 'metadata' is a JSON {json_type(data['metadata'])}, not an object")
+    for name, shard in data["weight_map"].items():
+        if not isinstance(shard, str) or Path(shard).name != shard or shard in (".", ".."):
+            raise CheckpointError(f"{path}: weight_map[{name!r}] is {shard!r}, not a file name in {path.parent}")
+    return data
 
 
 def check_out_dir(src: Path, dst: Path, force: bool) -> None:
     """Refuses an OUT_DIR inside MODEL_DIR (or holding it), an existing one without ``force``,
-    a file, or one whose parent folder is missing."""
+    a file, or one whose parent folder is missing or not writable."""
     s, d = src.resolve(), dst.resolve()
     if d == s or s in d.parents:
         raise ValueError(f"output {dst} is inside the model directory {src}; choose a folder outside it")
@@ -189,6 +159,8 @@ def check_out_dir(src: Path, dst: Path, force: bool) -> None:
         raise ValueError(f"{dst} exists; pass --force to replace it")
     if not dst.parent.is_dir():
         raise ValueError(f"cannot write {dst}: folder {dst.parent} does not exist")
+    if not os.access(dst.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write {dst}: folder {dst.parent} is not writable")
 
 
 def refine_dir(
@@ -207,13 +179,15 @@ def refine_dir(
     device: str = "cpu",
     group: Any = None,
     progress: bool = False,
+    report_path: Optional[Path] = None,
 ) -> RefineReport:
     """Refines the checkpoint directory ``src`` into ``dst`` (nothing written when ``dry_run``).
 
     ``stats``: record the extreme singular values before and after (from the refinement's own
     decomposition, as in :func:`svs.refine_model`; a dry run measures "before" with ``svdvals``).
     ``group``: a ``torch.distributed`` process group whose ranks all call this with the same
-    arguments; each refines its share of the matrices on ``device``. Returns the whole report on
+    arguments; each refines its share of the matrices on ``device``. ``report_path``: also write
+    the report there as JSON, put in place with OUT_DIR (both or neither). Returns the whole report on
     every rank. Raises :class:`~svs.io.CheckpointError` for a bad input (one line, naming the file
     or tensor), ``ValueError`` for a bad output or selection, :class:`~svs.RefineError` when a
     tensor cannot be refined; OUT_DIR is then not created (nor its temporary folder left).
@@ -226,7 +200,9 @@ def refine_dir(
     ranks = Ranks.of(group)
     ckpt = open_dir(src)
     if not dry_run:
-        check_out_dir(src, Path(dst), force)
+        dst = resolve_output(Path(dst))
+        check_out_dir(src, dst, force)
+        others = other_files(ckpt)
     found = of_directory(src, ckpt.entries)  # layers not stored as (out, in...), from the config's modules
     meta = expand(ckpt.meta(), found)[0]
     _check_dtypes(ckpt, select(meta, preset, include, exclude))
@@ -236,10 +212,15 @@ def refine_dir(
     owner = assign([job_cost(meta, job) for job in jobs], ranks.world)
     kwargs = dict(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps, dry_run=dry_run,
                   stats=stats)
-    tmp = None if dry_run else Path(dst).parent / ranks.from_rank0(f".{Path(dst).name}.svs-{secrets.token_hex(4)}.tmp")
+    if report_path is not None:
+        report_path = resolve_output(report_path)
+    tmp = None if dry_run else ranks.from_rank0(temp_path(dst))
+    held = contextlib.ExitStack()
     try:
+        claims = [p for p in (None if dry_run else dst, report_path) if p is not None]
+        ranks.together(lambda: ranks.rank == 0 and [held.enter_context(claim(p)) for p in claims])
         if tmp is not None:
-            _stage(ckpt, tmp, jobs, skipped, ranks)
+            _stage(ckpt, tmp, others, jobs, skipped, ranks)
         start = time.perf_counter()
         mine = [job for job, rank in zip(jobs, owner) if rank == ranks.rank]
         matrices = sum(meta[n].ndim >= 2 and n not in skipped for job in mine for n in job)
@@ -254,12 +235,19 @@ def refine_dir(
         report = merge_reports(all_parts, list(ckpt.entries), all_parts[0], seconds)
         report.left_alone = by_reason(select_with_reasons(meta, preset, include, exclude)[1])
         if tmp is not None:
-            ranks.together(lambda: ranks.rank == 0 and _finish(ckpt, tmp, Path(dst), report, kwargs, ranks.world))
+            ranks.together(lambda: ranks.rank == 0 and _finish(ckpt, tmp, dst, force, report, kwargs, ranks.world,
+                                                                report_path))
+        elif report_path is not None and ranks.rank == 0:
+            atomic_write(report_path, lambda t: Path(t).write_text(json.dumps(report.to_dict(), indent=1)), force)
         return report
-    except BaseException:
+    except BaseException as err:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and tmp is not None and str(err.filename or "").startswith(str(tmp)):
+            raise OSError(err.errno, f"cannot write it ({err.strerror})", str(dst)) from err  # not the temporary
         raise
+    finally:
+        held.close()
 
 
 def _refine_job(ckpt: ShardedCheckpoint, job: List[str], tmp: Optional[Path], device: str,
@@ -285,25 +273,69 @@ def _check_dtypes(ckpt: ShardedCheckpoint, roles: Dict[str, Role]) -> None:
                 f"({', '.join(FLOATS)}); a quantized checkpoint? leave it out with --exclude")
 
 
-def _stage(ckpt: ShardedCheckpoint, tmp: Path, jobs: List[List[str]], skipped: Dict[str, str], ranks: Ranks) -> None:
+def other_files(ckpt: ShardedCheckpoint) -> List[Path]:
+    """The files the output gets copies of (config, tokenizer, ...; paths relative to the model
+    folder, sub-folders walked), checked before any work: each a regular file, or a symlink to
+    one, of at most MAX_OTHER_FILE_BYTES. A FIFO, a device (a symlink to /dev/zero), a socket, a
+    symlink to a folder or to nothing, or a larger file is refused by name."""
+    found: List[Path] = []
+
+    def walk(folder: Path, rel: Path) -> None:
+        for item in sorted(folder.iterdir()):
+            if rel == Path() and (item.name in ckpt.shards or item.name == ckpt.index):
+                continue
+            if item.is_dir() and not item.is_symlink():
+                walk(item, rel / item.name)
+                continue
+            try:
+                st = item.stat()
+            except OSError as err:
+                raise CheckpointError(f"{item}: cannot copy it to the output ({err.strerror})") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise CheckpointError(f"{item} is not a regular file (a folder link, FIFO, device or socket); "
+                                      f"svs copies only regular files beside the shards: move it out of {ckpt.root}")
+            if st.st_size > MAX_OTHER_FILE_BYTES:
+                raise CheckpointError(f"{item} has {st.st_size} bytes, more than svs copies beside the shards "
+                                      f"({MAX_OTHER_FILE_BYTES >> 20} MiB): move it out of {ckpt.root}")
+            found.append(rel / item.name)
+
+    walk(ckpt.root, Path())
+    return found
+
+
+def _copy_other(src: Path, dst: Path) -> None:
+    """``src`` copied to ``dst`` (data, mode and times, as ``shutil.copy2``), at most
+    MAX_OTHER_FILE_BYTES of it even if it grew since :func:`other_files` checked it."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open_regular(src) as fin, open(dst, "wb") as fout:
+        left = MAX_OTHER_FILE_BYTES + 1
+        while chunk := fin.read(min(_COPY_CHUNK, left)):
+            fout.write(chunk)
+            left -= len(chunk)
+        if left == 0:
+            raise CheckpointError(f"{src} grew past {MAX_OTHER_FILE_BYTES >> 20} MiB while it was copied")
+    shutil.copystat(src, dst)
+
+
+def _stage(ckpt: ShardedCheckpoint, tmp: Path, others: List[Path], jobs: List[List[str]], skipped: Dict[str, str],
+           ranks: Ranks) -> None:
     """Creates the temporary output: every other file copied (rank 0), and each shard (split over
     the ranks) holding its header and the bytes of the tensors that are not refined."""
-    def others() -> None:
+    def copy_others() -> None:
         tmp.mkdir()
-        for item in sorted(ckpt.root.iterdir()):
-            if item.name not in ckpt.shards and item.name != ckpt.index:
-                (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+        for rel in others:
+            _copy_other(ckpt.root / rel, tmp / rel)
 
-    ranks.together(lambda: ranks.rank == 0 and others())
+    ranks.together(lambda: ranks.rank == 0 and copy_others())
     refined = {n for job in jobs for n in job if n not in skipped}
     holes = {s: sorted((e.start, e.end) for n, e in ckpt.entries.items() if e.shard == s and n in refined) for s in ckpt.shards}
-    ranks.together(lambda: [_copy_except(ckpt.root / s, tmp / s, holes[s])
+    ranks.together(lambda: [_copy_except(ckpt.root / s, tmp / s, ckpt.sizes[s], holes[s])
                             for i, s in enumerate(ckpt.shards) if i % ranks.world == ranks.rank])
 
 
-def _copy_except(src: Path, dst: Path, holes: List[Tuple[int, int]]) -> None:
-    """``dst`` as a copy of ``src`` whose byte ranges ``holes`` are left to be written later."""
-    size = src.stat().st_size
+def _copy_except(src: Path, dst: Path, size: int, holes: List[Tuple[int, int]]) -> None:
+    """``dst`` as a copy of ``src`` (``size`` bytes, as checked) whose byte ranges ``holes`` are
+    left to be written later."""
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         pos = 0
         for begin, end in holes + [(size, size)]:
@@ -311,6 +343,9 @@ def _copy_except(src: Path, dst: Path, holes: List[Tuple[int, int]]) -> None:
             fout.seek(pos)
             while pos < begin:
                 chunk = fin.read(min(_COPY_CHUNK, begin - pos))
+                if not chunk:
+                    raise CheckpointError(f"{src} changed while it was read: it ends at byte {pos}, "
+                                          f"its header says {size} (truncated)")
                 fout.write(chunk)
                 pos += len(chunk)
             pos = end
@@ -327,8 +362,11 @@ def _write_tensor(tmp: Optional[Path], entry: Entry, value: torch.Tensor) -> Non
         f.write(data)
 
 
-def _finish(ckpt: ShardedCheckpoint, tmp: Path, dst: Path, report: RefineReport, kwargs: Dict[str, Any], world: int) -> None:
-    """Writes the index and the record into ``tmp``, then puts ``tmp`` in the place of ``dst``."""
+def _finish(ckpt: ShardedCheckpoint, tmp: Path, dst: Path, force: bool, report: RefineReport, kwargs: Dict[str, Any],
+            world: int, report_path: Optional[Path]) -> None:
+    """Writes the index and the record into ``tmp`` (and the report beside ``report_path``), then
+    puts ``tmp`` in the place of ``dst`` and the report in its place: both or neither; without
+    ``force`` only where nothing appeared meanwhile (``FileExistsError``)."""
     if ckpt.index is not None:
         index = dict(ckpt.index_data)
         index["metadata"] = {**index.get("metadata", {}),
@@ -338,18 +376,44 @@ def _finish(ckpt: ShardedCheckpoint, tmp: Path, dst: Path, report: RefineReport,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "processes": world,
               **{k: v for k, v in kwargs.items() if k not in ("dry_run", "stats")}, "report": report.to_dict()}
     (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    report_tmp = None if report_path is None else temp_path(report_path)
     old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.svs-old-{secrets.token_hex(4)}"
-        os.rename(dst, old)
     try:
-        os.rename(tmp, dst)
+        if report_tmp is not None:
+            try:
+                report_tmp.write_text(json.dumps(report.to_dict(), indent=1))
+            except OSError as err:
+                raise OSError(err.errno, f"cannot write it ({err.strerror})", str(report_path)) from err
+        if force and dst.exists():
+            old = temp_path(dst, "old")
+            os.rename(dst, old)
+        _place(tmp, dst, force)
+        try:
+            if report_tmp is not None:
+                _place(report_tmp, report_path, force)
+        except BaseException:
+            shutil.rmtree(dst)
+            raise
     except BaseException:
         if old is not None:
             os.rename(old, dst)
+        if report_tmp is not None:
+            report_tmp.unlink(missing_ok=True)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _place(tmp: Path, dst: Path, force: bool) -> None:
+    """Renames ``tmp`` to ``dst``; without ``force`` never onto something that appeared meanwhile."""
+    if force:
+        os.replace(tmp, dst)
+        return
+    try:
+        rename_noreplace(tmp, dst)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "it appeared while svs was writing it (another run?); not replaced, "
+                              "pass --force to replace it", str(dst)) from None
 
 
 def read_record(path: Path) -> Optional[RefineReport]:
@@ -367,29 +431,28 @@ def cmd_refine_dir(args: Any) -> int:
     runs it and refines its share, and rank 0 prints."""
     import sys
 
-    from .cli_common import check_output
+    from .cli_common import check_output, check_report
     from .distributed import from_env
 
     if not args.dry_run and not args.output:
         raise ValueError("give the output folder with -o (or --dry-run to only report)")
+    output = None if args.dry_run else Path(args.output)
     if args.report:
-        check_output(Path(args.report), args.force, [])
+        check_report(Path(args.report), Path(args.input), output)
+        check_output(resolve_output(Path(args.report)), args.force, [])
     group, device = from_env(args.device)
     try:
-        report = refine_dir(Path(args.input), None if args.dry_run else Path(args.output), preset=args.preset,
+        report = refine_dir(Path(args.input), output, preset=args.preset,
                             include=args.include, exclude=args.exclude, map=args.map, method=args.method,
                             dry_run=args.dry_run, force=args.force, device=device, group=group,
-                            progress=not args.quiet and sys.stderr.isatty())
+                            progress=not args.quiet and sys.stderr.isatty(),
+                            report_path=args.report and Path(args.report))
     finally:
         if group is not None:
             import torch.distributed as dist
 
             dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
-        if args.report:
-            from .io import atomic_write
-
-            atomic_write(args.report, lambda tmp: Path(tmp).write_text(json.dumps(report.to_dict(), indent=1)))
         if not args.quiet:
             print(report)
         world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -48,6 +48,9 @@ def refine_tensors(
     bias_of = {paired_weight(n): n for n, r in roles.items() if r is Role.BIAS}
     _check_pairs(named, bias_of)
     device = named[weights[0]].device
+    if device.type == "meta":
+        raise ValueError(f"{weights[0]!r} is on the meta device (a shape without data): nothing to refine or "
+                         "measure; load the weights first")
     # The report's spectra come from the refinement itself (refine_with_spectra, and the map for
     # "after"); only a dry run with stats decomposes just to measure.
     with _progress_bar(len(weights) if (stats or not dry_run) else 0, progress) as bar:  # closed on Ctrl-C too

@@ -296,3 +296,59 @@ def test_bad_method_and_eps():
         svs.refine([torch.randn(4, 4)], method="jacobi")
     with pytest.raises(RuntimeError, match="eps must be finite and > 0"):
         torch.ops.svs.refine([torch.randn(4, 4)], [None], "sqrt", 0.0, "auto")
+
+
+# Largest |entry| of the test matrices per dtype (powers of two, so the reference scales exactly):
+# near the smallest normal magnitude, near the largest finite one, and subnormal (a few bits left);
+# even, so that sqrt scales back by an exact power of two.
+EXTREMES = {
+    torch.float16: {"tiny": -12, "huge": 14, "subnormal": -20},
+    torch.bfloat16: {"tiny": -124, "huge": 124, "subnormal": -130},
+    torch.float32: {"tiny": -124, "huge": 124, "subnormal": -140},
+    torch.float64: {"tiny": -1020, "huge": 1016, "subnormal": -1062, "1e-200": -664, "1e+200": 664},
+}
+DEGREE = {"sqrt": 0.5, "spectral": 0.0, "identity": 1.0}  # f(c s) = c^degree f(s)
+
+
+@pytest.mark.parametrize("dtype,where", [(d, w) for d, ws in EXTREMES.items() for w in ws])
+@pytest.mark.parametrize("method", ["auto", "svd", "gram"])
+@pytest.mark.parametrize("map", list(DEGREE))
+def test_scale_invariant_over_each_dtypes_range(dtype, where, method, map, seed):
+    """README: "Results are within 1e-6 relative (float32 outputs) of a float64 reference at any
+    condition number" — and at any magnitude the dtype holds: each matrix is scaled by a power of two
+    before its Gram matrix or SVD is formed (float64 weights near 1e-200 came back as zeros, near
+    1e+200 failed to decompose), and a homogeneous map's result scaled back once (float64 subnormal
+    weights have subnormal singular values, which would keep only a few bits). The reference is the float64 SVS of the same (rounded) input
+    scaled to unit size by the exact power of two, then scaled back by that power to the map's degree."""
+    if map == "identity" and where == "subnormal":
+        pytest.skip("the identity's output is subnormal too: only a few bits of it are defined")
+    e = EXTREMES[dtype][where]
+    y = with_spectrum(12, 20, 10.0, 1.0, seed)
+    x = torch.from_numpy(np.ldexp(y / np.abs(y).max(), e)).to(dtype)
+    x_unit = np.ldexp(x.double().numpy(), -e)  # exact: a power of two, normal range
+    assert np.abs(x_unit).max() > 0.4, "the input kept its magnitude"
+    k = int(e * DEGREE[map])
+    ref_unit = reference_refine(torch.from_numpy(x_unit), map)
+    (out,), _ = svs.refine([x], map=map, method=method)
+    assert torch.isfinite(out).all() and out.abs().max() > 0
+    # Compared at unit size (exact powers of two), so that tiny outputs are not compared absolutely.
+    out_unit = torch.from_numpy(np.ldexp(out.double().numpy(), -k)).to(dtype)
+    assert_matches(out_unit, ref_unit)
+
+
+@pytest.mark.parametrize("method", ["auto", "svd", "gram"])
+def test_singular_values_past_float64s_range_are_never_silently_wrong(method, seed):
+    """README: a result past the dtype's range is an error naming the weight. A float64 matrix whose
+    entries are near the largest float64 has singular values past it (s_max ~ sqrt(m n) max|w|):
+    the result is either right (compared at unit scale) or a RuntimeError naming weights[0],
+    never zeros (the rank test runs on the scaled values, where nothing overflows)."""
+    y = with_spectrum(12, 20, 10.0, 1.0, seed)
+    e = 1022
+    x = torch.from_numpy(np.ldexp(y / np.abs(y).max(), e))
+    try:
+        (out,), _ = svs.refine([x], map="sqrt", method=method)
+    except RuntimeError as err:
+        assert "weights[0]" in str(err)
+        return
+    ref_unit = reference_refine(torch.from_numpy(np.ldexp(x.numpy(), -e)), "sqrt")
+    assert_matches(torch.from_numpy(np.ldexp(out.numpy(), -e // 2)), ref_unit)

@@ -147,7 +147,7 @@ MISTAKES = [
     ("refine random.pt -o out.pt", "random.pt is not a readable PyTorch checkpoint"),
     ("refine truncated.pt -o out.pt", "truncated.pt is not a readable PyTorch checkpoint"),
     ("refine empty.pt -o out.pt", "empty.pt is not a readable PyTorch checkpoint"),
-    ("refine truncated.safetensors -o out.safetensors", "truncated.safetensors is not a valid safetensors file"),
+    ("refine truncated.safetensors -o out.safetensors", "truncated.safetensors is truncated"),
     ("refine list.pt -o out.pt", "expected a state dict or an nn.Module, got list"),
     ("refine module.pt -o out.pt", "holds pickled Python objects"),
     ("inspect module.pt", "--trust-pickle"),
@@ -165,7 +165,7 @@ MISTAKES = [
     ("refine good.pt -o good.pt --force", "refusing to overwrite the input good.pt"),
     ("refine good.pt -o ./good.pt --force", "refusing to overwrite the input good.pt"),
     ("refine good.pt", "give the output file with -o (or --dry-run to only report)"),
-    ("refine good.pt -o out.pt --report out.pt", "-o and --report name the same file"),
+    ("refine good.pt -o out.pt --report out.pt", "--report out.pt is the output"),
     ("refine good.pt -o out.pt --report missing/r.json", "folder missing does not exist"),
     ("inspect good.pt --plot spectrum.xyz", "unknown image type .xyz"),
     ("inspect good.pt --plot missing/spectrum.png", "folder missing does not exist"),
@@ -262,3 +262,197 @@ def test_console_script_is_installed():
     assert SCRIPT.exists(), "pip install -e . should install the svs console script"
     result = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "refine" in result.stdout and "demo" in result.stdout
+
+
+# ---- output errors on every output kind, colliding runs, tied tensors ---------------------------
+OUTPUT_KINDS = {  # argv after "refine good.pt", and the output it names
+    ".pt": (["-o", "out.pt"], "out.pt"),
+    ".safetensors": (["-o", "out.safetensors"], "out.safetensors"),
+    "--report": (["--dry-run", "--report", "r.json"], "r.json"),
+}
+
+
+def limited(max_bytes: int):
+    """A preexec_fn: files of the process may not grow past ``max_bytes`` (writes then fail with
+    EFBIG, as on a full disk, with no root or mount needed)."""
+    import resource
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+    return apply
+
+
+@pytest.mark.parametrize("kind", list(OUTPUT_KINDS))
+def test_full_disk_is_one_line_and_leaves_nothing(kind, workdir):
+    """Promise: "an unwritable output ... is one line on stderr and exit status 2", and no output
+    or temporary file is left (a full disk simulated with RLIMIT_FSIZE)."""
+    args, _ = OUTPUT_KINDS[kind]
+    before = snapshot(workdir)
+    proc = subprocess.run([sys.executable, "-m", "svs.cli", "refine", "good.pt", *args], capture_output=True,
+                          text=True, cwd=workdir, preexec_fn=limited(300), env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "File too large" in lines[0], proc.stderr
+    assert snapshot(workdir) == before
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 64 kB tmpfs (needs root and mount rights; skipped without): a real full disk."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("kind", list(OUTPUT_KINDS))
+def test_really_full_or_read_only_disk(kind, workdir, tiny_fs):
+    """Promise: a full (ENOSPC) or read-only (EROFS) output file system is one line, exit 2, nothing left."""
+    args, name = OUTPUT_KINDS[kind]
+    (tiny_fs / "filler").write_bytes(bytes(60_000))
+    args = [str(tiny_fs / name) if a == name else a for a in args]
+    torch.save({"0.weight": torch.randn(64, 256)}, workdir / "big.pt")  # its output needs more than the 4 kB left
+    for remount, message in (("rw", "No space left on device"), ("ro", f"folder {tiny_fs} is not writable")):
+        subprocess.run(["mount", "-o", f"remount,{remount}", str(tiny_fs)], check=True)
+        code, err = run_main("refine", "big.pt", *args)
+        assert code == 2 and len(err) == 1 and message in err[0], err
+        assert sorted(p.name for p in tiny_fs.iterdir()) == ["filler"]
+
+
+def run_main(*argv):
+    import contextlib
+    import io as stdio
+
+    err = stdio.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(stdio.StringIO()):
+        code = main([str(a) for a in argv])
+    return code, err.getvalue().strip().splitlines()
+
+
+@pytest.mark.parametrize("kind", list(OUTPUT_KINDS))
+def test_quota_and_read_only_errors_while_writing(kind, workdir):
+    """Promise: an output error while writing (quota EDQUOT, read-only EROFS, EACCES) is one line
+    naming the output, exit 2, nothing left."""
+    import errno
+
+    args, name = OUTPUT_KINDS[kind]
+    before = snapshot(workdir)
+    real_open = open
+    for code_ in (errno.EDQUOT, errno.EROFS, errno.EACCES):
+        def failing_open(file, mode="r", *a, **k):
+            if "w" in mode and ".svs-tmp-" in str(file):
+                raise OSError(code_, os.strerror(code_), str(file))
+            return real_open(file, mode, *a, **k)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("builtins.open", failing_open)
+            mp.setattr("io.open", failing_open)  # pathlib's
+            if name.endswith(".safetensors"):  # safetensors writes from Rust: its error text, as it reports it
+                from safetensors import SafetensorError
+
+                def failing_save(*a, **k):
+                    raise SafetensorError(f"Error while serializing: I/O error: {os.strerror(code_)} (os error {code_})")
+                mp.setattr("safetensors.torch.save_file", failing_save)
+            code, err = run_main("refine", "good.pt", *args)
+        assert code == 2 and len(err) == 1 and f"{name}: cannot write it ({os.strerror(code_)})" in err[0], err
+        assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("kind", list(OUTPUT_KINDS))
+def test_output_being_written_by_another_run(kind, workdir):
+    """Promise: an existing output is replaced only with --force, and never while another run
+    writes it: one line, exit 2, whatever --force says."""
+    args, name = OUTPUT_KINDS[kind]
+    with io.claim(workdir / name):
+        for force in ([], ["--force"]):
+            code, err = run_main("refine", "good.pt", *args, *force)
+            assert code == 2 and len(err) == 1 and f"{name}: is being written by process {os.getpid()}" in err[0], err
+    assert not (workdir / name).exists()
+
+
+@pytest.mark.parametrize("kind", list(OUTPUT_KINDS))
+def test_output_appearing_during_the_run_is_not_replaced(kind, workdir, monkeypatch):
+    """Promise: "refuses an existing output without --force", also one that appears while the run
+    works (another run finished first): one line, exit 2, the other file kept, nothing of ours left."""
+    import svs.cli as cli
+
+    args, name = OUTPUT_KINDS[kind]
+    real = cli.refine_state_dict
+
+    def other_run_finishes(*a, **k):
+        (workdir / name).write_text("theirs")
+        return real(*a, **k)
+
+    monkeypatch.setattr(cli, "refine_state_dict", other_run_finishes)
+    before = snapshot(workdir)
+    code, err = run_main("refine", "good.pt", *args)
+    assert code == 2 and len(err) == 1 and "appeared while svs was writing it" in err[0], err
+    assert (workdir / name).read_text() == "theirs"
+    assert {k for k in snapshot(workdir) if k not in before} == {name}
+
+
+def test_symlinked_outputs_are_resolved_first(workdir):
+    """Promise: outputs are checked before any work: a dangling symlink is one line; a symlink to a
+    file is refused without --force and, with it, the target is replaced and the link kept."""
+    (workdir / "dangling.pt").symlink_to(workdir / "missing" / "x.pt")
+    code, err = run_main("refine", "good.pt", "-o", "dangling.pt")
+    assert code == 2 and len(err) == 1 and "dangling.pt is a symlink to" in err[0], err
+    (workdir / "link.pt").symlink_to(workdir / "existing.pt")
+    assert run_main("refine", "good.pt", "-o", "link.pt")[0] == 2
+    assert run_main("refine", "good.pt", "-o", "link.pt", "--force")[0] == 0
+    assert (workdir / "link.pt").is_symlink() and io.load(workdir / "existing.pt").format == "state_dict"
+    (workdir / "input-link.pt").symlink_to(workdir / "good.pt")
+    code, err = run_main("refine", "good.pt", "-o", "input-link.pt", "--force")
+    assert code == 2 and "refusing to overwrite the input" in err[0], err
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_tied_tensors_are_written_once(suffix, tmp_path):
+    """Promise: svs refine writes the refined checkpoint in the format the output's suffix asks for;
+    tensors that share memory (tied weights) are written once, as safetensors' save_model does, and
+    load back as the same state dict."""
+    from safetensors.torch import load_model, safe_open
+
+    def tied_model():
+        model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+        model[2].weight = model[0].weight
+        return model
+
+    model = tied_model()
+    torch.save(model.state_dict(), tmp_path / "tied.pt")
+    out = tmp_path / f"out{suffix}"
+    assert main(["refine", str(tmp_path / "tied.pt"), "-o", str(out), "--exclude", r"^(0|2)\."]) == 0
+    fresh = tied_model()
+    if suffix == ".safetensors":
+        with safe_open(str(out), "pt") as f:
+            assert "2.weight" not in f.keys() and f.metadata()["2.weight"] == "0.weight"
+        load_model(fresh, str(out))
+    else:
+        fresh.load_state_dict(torch.load(out))
+    expected, _ = svs.refine_state_dict(model.state_dict(), exclude=r"^(0|2)\.")
+    assert fresh.state_dict().keys() == expected.keys()
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+
+
+def test_killed_runs_temporary_file_is_removed_by_the_next_run(workdir):
+    """Promise: an interrupted run leaves no output file: a SIGKILLed run cannot clean up, so the
+    next run on the same output recognises its temporary (its name, and the lock of a process that
+    is gone) and removes it, leaving other hidden files alone."""
+    code = ("import sys, time; from pathlib import Path; from svs.io import claim, temp_path\n"
+            "out = Path(sys.argv[1])\n"
+            "with claim(out):\n"
+            "    temp_path(out).write_bytes(b'partial'); print('ready', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, "out.pt"], stdout=subprocess.PIPE, text=True, cwd=workdir)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (workdir / ".out.pt.mine").write_text("not svs's")
+    before = snapshot(workdir)
+    assert any(".svs-" in name for name in before)
+    assert run_main("refine", "good.pt", "-o", "out.pt")[0] == 0
+    after = snapshot(workdir)
+    assert {k for k in before if ".svs-" in k} - set(after) == {k for k in before if ".svs-" in k}
+    assert ".out.pt.mine" in after and not any(".svs-" in k for k in after)

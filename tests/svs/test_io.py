@@ -52,7 +52,7 @@ def test_unreadable_files_are_named_as_such(tmp_path):
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-        pattern = "not a valid safetensors file" if name.endswith(".safetensors") else "not a readable PyTorch checkpoint"
+        pattern = "is truncated|is not a safetensors file" if name.endswith(".safetensors") else "not a readable PyTorch checkpoint"
         with pytest.raises(io.CheckpointError, match=pattern):
             io.load(tmp_path / name, trust_pickle=True)  # trust does not turn corrupt data into code
     torch.save([1, 2], tmp_path / "list.pt")
@@ -124,3 +124,53 @@ def test_safetensors_header_metadata_is_kept(tmp_path):
     io.save(io.load(tmp_path / "m.pt"), tmp_path / "from_pt.safetensors")
     with safe_open(tmp_path / "out.safetensors", "pt") as f, safe_open(tmp_path / "from_pt.safetensors", "pt") as g:
         assert f.metadata() == {"format": "pt", "origin": "x"} and g.metadata() == {"format": "pt"}
+
+
+def test_tensors_sharing_memory_are_written_to_safetensors(tmp_path):
+    """Promise: a state dict is written to .safetensors whatever memory its tensors share: full
+    aliases once (recorded as save_model does, {alias: kept}), partial views as copies."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    base = torch.arange(12.0).reshape(3, 4)
+    state = {"a": base, "alias": base, "row": base[1], "other": torch.ones(2)}
+    io.save(io.Checkpoint("state_dict", state), tmp_path / "tied.safetensors")
+    with safe_open(str(tmp_path / "tied.safetensors"), "pt") as f:
+        metadata = f.metadata()
+    loaded = load_file(str(tmp_path / "tied.safetensors"))
+    assert metadata.pop("format") == "pt"  # beside the aliases, what torch's writers put there
+    kept = metadata and next(iter(metadata.values()))
+    assert metadata == {({"a", "alias"} - {kept}).pop(): kept} and kept in ("a", "alias")
+    assert set(loaded) == {kept, "row", "other"} and torch.equal(loaded["row"], base[1])
+
+    views = {"left": base[:, :2], "right": base[:, 2:]}  # no name covers the storage: copies
+    io.save(io.Checkpoint("state_dict", views), tmp_path / "views.safetensors")
+    assert all(torch.equal(load_file(str(tmp_path / "views.safetensors"))[k], v) for k, v in views.items())
+
+
+def test_rename_noreplace_never_replaces(tmp_path):
+    """Promise: "refuses an existing output without --force", atomically: the final rename fails on
+    a file or folder that appeared meanwhile."""
+    for make in (lambda p: p.write_text("x"), lambda p: p.mkdir()):
+        src, dst = tmp_path / "src", tmp_path / "dst"
+        make(src)
+        (dst.mkdir() if src.is_dir() else dst.write_text("theirs"))
+        with pytest.raises(FileExistsError):
+            io.rename_noreplace(src, dst)
+        assert src.exists()
+        for p in (src, dst):
+            p.rmdir() if p.is_dir() else p.unlink()
+        make(src)
+        io.rename_noreplace(src, dst)
+        assert dst.exists() and not src.exists()
+        dst.rmdir() if dst.is_dir() else dst.unlink()
+
+
+def test_fifo_or_device_input_is_one_error(tmp_path):
+    """Promise: a file that is not a checkpoint is one error naming it; a FIFO (with no writer) or a
+    device must not hang or stream forever."""
+    os.mkfifo(tmp_path / "pipe.pt")
+    os.mkfifo(tmp_path / "pipe.safetensors")
+    for path in (tmp_path / "pipe.pt", tmp_path / "pipe.safetensors", "/dev/zero"):
+        with pytest.raises(io.CheckpointError, match="is not a regular file"):
+            io.load(path)

@@ -146,3 +146,22 @@ def test_benchmark_peers_read_the_method_names():
         assert peers.ROUTES[device] == peers.routes(device) == tuple(svs.ops.method_names(device))
     ours = [p.name for p in peers.our_routes("cpu")]
     assert ours == [f"svs.refine {m}" for m in svs.ops.method_names("cpu")]
+
+
+def test_refine_inplace_refuses_overlapping_inputs():
+    """README: svs.refine_ refines "in place"; inputs that share memory would be overwritten with
+    another weight's result, so overlapping views are one ValueError and nothing changes; views of
+    one storage that share no element are refined."""
+    import svs
+
+    w = torch.randn(6, 8, dtype=torch.float64)
+    before = w.clone()
+    for views in ([w[:, :5], w[:, 3:]], [w, w[1:3]], [w[:1].expand(6, 8), torch.randn(6, 8)]):
+        with pytest.raises(ValueError, match="overlap in memory|share memory"):
+            svs.refine_(views)
+        assert torch.equal(w, before)
+    left, right = w[:, ::2], w[:, 1::2]
+    expected = svs.refine([left.clone(), right.clone()])[0]
+    svs.refine_([left, right])
+    assert torch.equal(left, expected[0]) and torch.equal(right, expected[1])
+

@@ -43,6 +43,7 @@ OPERATORS = {
     "svs::_reconstruct": "triton",
     "svs::_reconstruct_plan": "composite",
     "svs::_gemm_config": "composite",
+    "svs::_launch_layout": "composite",
 }
 WHEEL_LIBS = ("libcusolver.so", "libcublas.so")
 

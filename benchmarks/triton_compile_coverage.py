@@ -31,7 +31,7 @@ from triton.compiler import ASTSource  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import svs_kernels  # noqa: E402,F401  (the extension: the map codes and the launch plan come from it)
-from svs_kernels.triton_ops import bias, gemm, reconstruct, sigma_map, stage  # noqa: E402
+from svs_kernels.triton_ops import gemm, reconstruct, sigma_map, stage  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 TL = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32, torch.float64: tl.float64}
@@ -101,10 +101,6 @@ def cases():
                 yield (f"sigma_map s={TORCH_NAME[s_dt]} out={TORCH_NAME[out]} map={code}", sigma_map._sigma_map_kernel,
                        {"tab_ptr": "*i64", "out_ptr": "*" + TORCH_NAME[out]},
                        dict(S_DT=TL[s_dt], MAP=code, BLOCK=sigma_map.BLOCK), 4, 3, ())
-    for i in TL:
-        for o in TL:
-            yield (f"bias {TORCH_NAME[i]}->{TORCH_NAME[o]}", bias._bias_kernel, {"tab_ptr": "*i64"},
-                   dict(IN_DT=TL[i], OUT_DT=TL[o], BLOCK=bias.BLOCK), 4, 3, ())
 
 
 def main() -> int:

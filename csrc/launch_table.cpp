@@ -8,6 +8,8 @@
 //                           per layout and the GEMM rows, aligned and remainder (row layouts: the
 //                           comments of sigma_map.py, stage.py and gemm.py)
 //   svs::_gemm_config       the GEMM shape rule alone (gemm.choose_config)
+//   svs::_launch_layout     the layout below (dtype indices, launch kinds, stage layouts, row
+//                           widths), which svs_kernels/triton_ops/_layout.py reads: stated here only
 #include <ATen/ATen.h>
 #include <ATen/core/stack.h>
 #include <torch/library.h>
@@ -16,6 +18,7 @@
 #include <array>
 #include <cstring>
 #include <sstream>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -23,8 +26,13 @@
 namespace svs {
 namespace {
 
-// Dtype indices: reconstruct.py's DTYPES, in this order.
+// ---------------------------------------------------------------------------------------------
+// the layout (svs::_launch_layout gives it to Python)
+
+// Dtype indices: the dtypes by their index in the tables, with their torch names.
 constexpr std::array<c10::ScalarType, 4> kDtypes = {at::kHalf, at::kBFloat16, at::kFloat, at::kDouble};
+constexpr const char* kDtypeNames[] = {"float16", "bfloat16", "float32", "float64"};
+static_assert(std::size(kDtypeNames) == kDtypes.size(), "a name per dtype");
 constexpr int64_t kFloat32 = 2, kFloat64 = 3;
 
 // Launch kinds and the width of a launch record (reconstruct.py decodes them):
@@ -34,7 +42,17 @@ constexpr int64_t kFloat32 = 2, kFloat64 = 3;
 //   STAGE [kind, at, count, source dtype, operand dtype, layout, out dtype, programs, 0, 0]
 //   GEMM  [kind, at, count, config index, operand dtype, out dtype, aligned, programs, 0, 0]
 enum Kind : int64_t { CHUNK = 0, STAGE = 1, GEMM = 2 };
+constexpr const char* kKindNames[] = {"chunk", "stage", "gemm"};
 constexpr int64_t kRecord = 10;
+
+// Stage layouts (stage.py's LAYOUT): the unit stride of every source of a launch, if any.
+enum Layout : int64_t { GENERAL = 0, ROW_MAJOR = 1, COL_MAJOR = 2 };
+constexpr const char* kLayoutNames[] = {"general", "row_major", "col_major"};
+
+// Table rows, in int64 fields (the comments of sigma_map.py, stage.py and gemm.py name the fields):
+// the sigma-map header and rows, a staging job, a GEMM row.
+constexpr int64_t kMapRow = 4, kStageRow = 10, kGemmRow = 10;
+
 constexpr int64_t kLimit = int64_t{1} << 31;  // the kernels' sizes and tile offsets are int32
 
 // The four operand lists (u, s, vh, out) as the dispatcher's stack holds them: the tensors are
@@ -208,19 +226,22 @@ int64_t choose_tile(const std::vector<int64_t>& m, const std::vector<int64_t>& n
 // ---------------------------------------------------------------------------------------------
 // tables
 
-// LAYOUT of stage.py for a source (a size-1 dimension's stride does not matter).
-int64_t layout(int64_t s0, int64_t s1, int64_t rows, int64_t cols) {
-  if (s1 == 1 || cols == 1) return 1;
-  if (s0 == 1 || rows == 1) return 2;
-  return 0;
+// The stage layout of a source (a size-1 dimension's stride does not matter).
+Layout layout(int64_t s0, int64_t s1, int64_t rows, int64_t cols) {
+  if (s1 == 1 || cols == 1) return ROW_MAJOR;
+  if (s0 == 1 || rows == 1) return COL_MAJOR;
+  return GENERAL;
 }
 
-// Appends a row whose fields at `moved` are workspace byte offsets (reconstruct.py adds the
-// workspace's address to each relocation).
+// Appends a row of Width fields whose fields at `moved` are workspace byte offsets
+// (reconstruct.py adds the workspace's address to each relocation).
+template <int64_t Width>
 void add_row(Plan& plan, std::initializer_list<int64_t> row, std::initializer_list<int64_t> moved) {
+  TORCH_INTERNAL_ASSERT(static_cast<int64_t>(row.size()) == Width, "svs._reconstruct_plan: a row of ", row.size(),
+                        " fields where the layout says ", Width);
   const int64_t at = static_cast<int64_t>(plan.table.size());
   for (int64_t f : moved) plan.relocs.push_back(at + f);
-  plan.table.insert(plan.table.end(), row);
+  plan.table.insert(plan.table.end(), row.begin(), row.end());
 }
 
 // Workspace offsets (elements) of one chunk: the A planes of every matrix, then the B planes,
@@ -242,7 +263,7 @@ struct Workspace {
 // The staging jobs of one operand (U: A planes scaled by f(s); Vh: B planes), one launch per layout.
 void add_stage(Plan& plan, c10::ArrayRef<Matrix> mats, const Workspace& ws, bool u, int64_t es,
                const std::array<int64_t, 4>& dtypes, int64_t op, const Settings& cfg) {
-  for (int64_t lay : {1, 2, 0}) {
+  for (Layout lay : {ROW_MAJOR, COL_MAJOR, GENERAL}) {
     const int64_t at = static_cast<int64_t>(plan.table.size());
     int64_t count = 0, tiles = 0;
     for (size_t i = 0; i < mats.size(); ++i) {
@@ -251,9 +272,10 @@ void add_stage(Plan& plan, c10::ArrayRef<Matrix> mats, const Workspace& ws, bool
       if (layout(s0, s1, rows, cols) != lay) continue;
       const int64_t rows_p = u ? x.mp : x.kp, cols_p = u ? x.kp : x.np;
       if (u) {
-        add_row(plan, {x.u_ptr, ws.fs[i] * es, ws.a[i] * es, rows, cols, s0, s1, rows_p, cols_p, x.a_lo()}, {1, 2});
+        add_row<kStageRow>(plan, {x.u_ptr, ws.fs[i] * es, ws.a[i] * es, rows, cols, s0, s1, rows_p, cols_p, x.a_lo()},
+                           {1, 2});
       } else {
-        add_row(plan, {x.v_ptr, 0, ws.b[i] * es, rows, cols, s0, s1, rows_p, cols_p, x.b_lo()}, {2});
+        add_row<kStageRow>(plan, {x.v_ptr, 0, ws.b[i] * es, rows, cols, s0, s1, rows_p, cols_p, x.b_lo()}, {2});
       }
       ++count;
       tiles += cdiv(rows_p, cfg.stage_block_r) * cdiv(cols_p, cfg.stage_block_c);
@@ -278,7 +300,8 @@ void add_gemm(Plan& plan, c10::ArrayRef<Matrix> mats, const Workspace& ws, int64
       const bool is_aligned = x.o_s1 == 1 && x.o_ptr % 16 == 0 && (x.o_s0 * o_es) % 16 == 0 &&
                               x.m % blocks[0] == 0 && x.n % blocks[1] == 0;
       if (is_aligned != aligned) continue;
-      add_row(plan, {ws.a[i] * es, ws.b[i] * es, x.o_ptr, x.m, x.n, x.kp, x.o_s0, x.o_s1, x.a_lo(), x.b_lo()}, {0, 1});
+      add_row<kGemmRow>(plan, {ws.a[i] * es, ws.b[i] * es, x.o_ptr, x.m, x.n, x.kp, x.o_s0, x.o_s1, x.a_lo(), x.b_lo()},
+                        {0, 1});
       m.push_back(x.m);
       n.push_back(x.n);
     }
@@ -297,9 +320,9 @@ void add_chunk(Plan& plan, c10::ArrayRef<Matrix> mats, const std::array<int64_t,
   const int64_t at = static_cast<int64_t>(plan.table.size());
   const size_t chunk = plan.launches.size();
   plan.record({CHUNK});
-  plan.table.insert(plan.table.end(), {cfg.power_bits, 0, 0, 0});  // sigma_map.py's header
+  add_row<kMapRow>(plan, {cfg.power_bits, 0, 0, 0}, {});  // sigma_map.py's header
   for (size_t i = 0; i < mats.size(); ++i) {
-    plan.table.insert(plan.table.end(), {mats[i].s_ptr, mats[i].k, mats[i].s_s, ws.fs[i] - ws.fs_at});
+    add_row<kMapRow>(plan, {mats[i].s_ptr, mats[i].k, mats[i].s_s, ws.fs[i] - ws.fs_at}, {});
   }
   add_stage(plan, mats, ws, true, es, dtypes, op, cfg);
   add_stage(plan, mats, ws, false, es, dtypes, op, cfg);
@@ -397,6 +420,14 @@ int64_t gemm_config(at::IntArrayRef m, at::IntArrayRef n, at::IntArrayRef tiles,
   return choose_tile(m.vec(), n.vec(), tiles, programs);
 }
 
+std::tuple<std::vector<std::string>, std::vector<std::string>, std::vector<std::string>, std::vector<int64_t>>
+launch_layout() {
+  return {{std::begin(kDtypeNames), std::end(kDtypeNames)},
+          {std::begin(kKindNames), std::end(kKindNames)},
+          {std::begin(kLayoutNames), std::end(kLayoutNames)},
+          {kRecord, kMapRow, kStageRow, kGemmRow}};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(svs, m) {
@@ -414,6 +445,11 @@ TORCH_LIBRARY_FRAGMENT(svs, m) {
   // Internal: the index of the GEMM config candidate (tiles as above) the shape rule picks for
   // matrices of sizes (m_i, n_i) on a grid of `programs` programs.
   m.def("_gemm_config(int[] m, int[] n, int[] tiles, int programs) -> int", &gemm_config);
+  // Internal: the layout of _reconstruct_plan's output, by index: the dtypes (torch names), the
+  // launch kinds, the stage layouts, and the widths in int64 fields of a launch record, a
+  // sigma-map row, a staging job and a GEMM row.
+  m.def(
+      "_launch_layout() -> (str[] dtypes, str[] kinds, str[] layouts, int[] widths)", &launch_layout);
 }
 
 }  // namespace svs

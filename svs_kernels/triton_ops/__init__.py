@@ -1,4 +1,4 @@
-"""Triton kernels of svs-kernels (sigma-map, staging, grouped GEMM, bias rule), optional.
+"""Triton kernels of svs-kernels (sigma-map, staging, grouped GEMM), optional.
 
 Importing this package never fails and never imports triton unless CUDA is available: then, if
 triton imports, it registers :func:`reconstruct.reconstruct` as the CUDA kernel of the internal
@@ -7,8 +7,9 @@ dispatcher with the map already parsed: a code and a power). Without triton or C
 keeps its ATen composite kernel, which warns once when it runs on CUDA tensors.
 :func:`svs_kernels.backend_info` says which one is active and why.
 
-One module per kernel plus its launcher: ``sigma_map``, ``stage``, ``gemm``, ``bias``;
-``reconstruct`` chains the first three. On a CPU-only machine they run under the Triton
+One module per kernel plus its launcher: ``sigma_map``, ``stage``, ``gemm``; ``reconstruct``
+chains them (the bias rule has no Triton kernel: the CUDA build of svs::refine has its own).
+``_maps`` and ``_layout`` read the map codes and the launch-table layout from the extension. On a CPU-only machine they run under the Triton
 interpreter on CPU tensors: set ``TRITON_INTERPRET=1`` before triton is first imported.
 """
 from typing import Optional

@@ -20,9 +20,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _layout
 from .common import INTERPRETING, cvt
 
-ROW = 10  # int64 fields per matrix
+ROW = tl.constexpr(_layout.GEMM_ROW)  # int64 fields per matrix (csrc/launch_table.cpp's layout)
 
 
 @triton.jit
@@ -34,7 +35,7 @@ def _k_loop(acc, a_ptrs, b_ptrs, kt, n_p, PRECISION: tl.constexpr, BLOCK_K: tl.c
     return acc
 
 
-# Table per matrix: [a_ptr, b_ptr, out_ptr, m, n, kp, out_s0, out_s1, a_lo_off, b_lo_off]
+# Table per matrix, ROW fields: [a_ptr, b_ptr, out_ptr, m, n, kp, out_s0, out_s1, a_lo_off, b_lo_off]
 # (offsets and strides in elements; kp a multiple of BLOCK_K, B's row stride np = tiles_n * BLOCK_N).
 @triton.jit
 def _gemm_kernel(tab_ptr, G, OP_DT: tl.constexpr, OUT_DT: tl.constexpr, PRECISION: tl.constexpr,
@@ -44,7 +45,7 @@ def _gemm_kernel(tab_ptr, G, OP_DT: tl.constexpr, OUT_DT: tl.constexpr, PRECISIO
     step = tl.num_programs(0)
     tiles_before = 0
     for g in range(G):
-        row = tab_ptr + g * 10
+        row = tab_ptr + g * ROW
         m = tl.load(row + 3).to(tl.int32)
         n = tl.load(row + 4).to(tl.int32)
         tiles_m = tl.cdiv(m, BLOCK_M)
@@ -131,7 +132,3 @@ def launch(tab, G: int, c: Config, op_dt, out_dt, precision: str, nseg: int, ali
                               BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GROUP_M=c.group_m,
                               num_warps=c.num_warps, num_stages=c.num_stages)
 
-
-def kinds() -> Tuple[Tuple[str, str, int], ...]:
-    """(operand dtype, input precision, NSEG) of every GEMM the launcher can run."""
-    return (("float32", "tf32", 3), ("float32", "tf32", 1), ("float64", "ieee", 1))

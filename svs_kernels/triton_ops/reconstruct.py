@@ -24,6 +24,7 @@ from typing import List, Sequence, Union
 import torch
 
 from . import gemm, stage
+from ._layout import CHUNK, DTYPES, STAGE
 from ._maps import IDENTITY, parse_map
 from .common import TL_DTYPE, check_device, device_ctx, num_programs, to_device
 from .sigma_map import launch_map
@@ -32,11 +33,9 @@ from .sigma_map import launch_map
 # matrix larger than that gets a chunk of its own).
 WORKSPACE_BYTES = 1 << 30
 
-# The dtypes by their index in the plan of csrc/launch_table.cpp (svs::_reconstruct_plan), which
-# builds every launch table from the operands' metadata, and its launch kinds.
-DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_OPERANDS = {2: "float32", 3: "float64"}  # the operand (workspace) dtypes, as gemm.CONFIGS names them
-CHUNK, STAGE, GEMM = 0, 1, 2
+# csrc/launch_table.cpp (svs::_reconstruct_plan) builds every launch table from the operands'
+# metadata; its layout (dtype indices, launch kinds, row widths) is _layout's.
+_OPERANDS = {DTYPES.index(getattr(torch, name)): name for name in ("float32", "float64")}  # gemm.CONFIGS keys
 _PLAN_OP = torch.ops.svs._reconstruct_plan.default
 
 
@@ -105,7 +104,7 @@ def _launch(table: torch.Tensor, launches: List[List[int]], relocs: torch.Tensor
             src, op, layout, out_dt, programs = a[:5]
             stage.launch(tab[at - base:], count, TL_DTYPE[DTYPES[src]], TL_DTYPE[DTYPES[op]], layout,
                          _PLANS[op, out_dt][0], programs)
-        else:
+        else:  # GEMM
             config, op, out_dt, aligned, programs = a[:5]
             _, precision, nseg = _PLANS[op, out_dt]
             gemm.launch(tab[at - base:], count, gemm.candidates(_OPERANDS[op])[config], TL_DTYPE[DTYPES[op]],

@@ -12,17 +12,20 @@ The split happens once per operand element here, not once per tile of the GEMM.
 import triton
 import triton.language as tl
 
+from . import _layout
 from .common import INTERPRETING, cvt, round_tf32
 
 COPY, TF32, SPLIT = 0, 1, 2
 PLANES = {COPY: 1, TF32: 1, SPLIT: 2}
-ROW = 10  # int64 fields per job
+# From csrc/launch_table.cpp's layout: int64 fields per job, and the LAYOUT codes.
+ROW = tl.constexpr(_layout.STAGE_ROW)
+ROW_MAJOR, COL_MAJOR = tl.constexpr(_layout.ROW_MAJOR), tl.constexpr(_layout.COL_MAJOR)
 
 
-# Table per job: [src_ptr, fs_ptr (0: no scaling), dst_ptr, rows, cols, src_s0, src_s1, rows_p,
-# cols_p, lo_off]; src strides and lo_off (hi plane to lo plane) in elements. LAYOUT: 1 if every
-# source has unit stride along dim 1, 2 along dim 0, 0 general (a compile-time unit stride lets the
-# loads vectorise and coalesce along it).
+# Table per job, ROW fields: [src_ptr, fs_ptr (0: no scaling), dst_ptr, rows, cols, src_s0, src_s1, rows_p,
+# cols_p, lo_off]; src strides and lo_off (hi plane to lo plane) in elements. LAYOUT: ROW_MAJOR if
+# every source has unit stride along dim 1, COL_MAJOR along dim 0, else general (a compile-time
+# unit stride lets the loads vectorise and coalesce along it).
 @triton.jit
 def _stage_kernel(tab_ptr, G, SRC_DT: tl.constexpr, DST_DT: tl.constexpr, LAYOUT: tl.constexpr,
                   MODE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -30,7 +33,7 @@ def _stage_kernel(tab_ptr, G, SRC_DT: tl.constexpr, DST_DT: tl.constexpr, LAYOUT
     step = tl.num_programs(0)
     tiles_before = 0
     for g in range(G):
-        row = tab_ptr + g * 10
+        row = tab_ptr + g * ROW
         rows_p = tl.load(row + 7).to(tl.int32)
         cols_p = tl.load(row + 8).to(tl.int32)
         tiles_c = tl.cdiv(cols_p, BLOCK_C)
@@ -42,10 +45,10 @@ def _stage_kernel(tab_ptr, G, SRC_DT: tl.constexpr, DST_DT: tl.constexpr, LAYOUT
             dst = tl.load(row + 2).to(tl.pointer_type(DST_DT))
             nr = tl.load(row + 3).to(tl.int32)
             nc = tl.load(row + 4).to(tl.int32)
-            if LAYOUT == 1:
+            if LAYOUT == ROW_MAJOR:
                 s0 = tl.load(row + 5)
                 s1 = 1
-            elif LAYOUT == 2:
+            elif LAYOUT == COL_MAJOR:
                 s0 = 1
                 s1 = tl.load(row + 6)
             else:

@@ -3,7 +3,8 @@ Triton reconstruction, built from the operands' metadata, on CPU tensors (no tri
 
 The reference below builds the same plan in plain Python, one matrix at a time, from the row
 layouts documented in svs_kernels/triton_ops/{sigma_map,stage,gemm}.py and the launch records of
-launch_table.cpp; the tests compare the operator's output with it exactly.
+launch_table.cpp, with the dtype indices, kinds, stage layouts and widths that svs::_launch_layout
+gives (the one statement of them); the tests compare the operator's output with it exactly.
 """
 import struct
 
@@ -12,8 +13,11 @@ import torch
 
 import svs_kernels  # noqa: F401  (registers torch.ops.svs)
 
-DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]  # the plan's dtype indices
-CHUNK, STAGE, GEMM = 0, 1, 2
+_DTYPES, _KINDS, _LAYOUTS, _WIDTHS = torch.ops.svs._launch_layout()
+DTYPES = [getattr(torch, name) for name in _DTYPES]  # the plan's dtype indices
+CHUNK, STAGE, GEMM = (_KINDS.index(k) for k in ("chunk", "stage", "gemm"))
+ROW_MAJOR, COL_MAJOR, GENERAL = (_LAYOUTS.index(k) for k in ("row_major", "col_major", "general"))
+RECORD, MAP_ROW, STAGE_ROW, GEMM_ROW = _WIDTHS
 TILES32 = [128, 128, 32, 64, 128, 32, 64, 64, 32, 32, 64, 32]  # gemm.CONFIGS' tiles
 TILES64 = [64, 64, 16, 32, 64, 16]
 PLANES = [1, 1, 2, 2, 1, 1, 1, 1]  # [operand float32/float64][out dtype]: SPLIT for float32/64 outputs
@@ -47,7 +51,7 @@ def ref_rule(m, n, tiles, programs):
 
 
 def ref_layout(s0, s1, rows, cols):
-    return 1 if s1 == 1 or cols == 1 else 2 if s0 == 1 or rows == 1 else 0
+    return ROW_MAJOR if s1 == 1 or cols == 1 else COL_MAJOR if s0 == 1 or rows == 1 else GENERAL
 
 
 def ref_plan(u, s, vh, out, power=0.5, tiles32=TILES32, tiles64=TILES64, planes=PLANES, programs=4, block_r=32,
@@ -60,12 +64,13 @@ def ref_plan(u, s, vh, out, power=0.5, tiles32=TILES32, tiles64=TILES64, planes=
         idx = [i for i in idx if out[i].shape[0] > 0 and out[i].shape[1] > 0]
         if not idx:
             continue
-        op = 3 if 3 in (key[0], key[2]) else 2
-        es = 8 if op == 3 else 4
-        tiles = [tuple((tiles64 if op == 3 else tiles32)[j:j + 3]) for j in range(0, len(tiles32 if op == 2 else tiles64), 3)]
+        f32, f64 = DTYPES.index(torch.float32), DTYPES.index(torch.float64)
+        op = f64 if f64 in (key[0], key[2]) else f32
+        es = DTYPES[op].itemsize
+        tiles = [tuple((tiles64 if op == f64 else tiles32)[j:j + 3]) for j in range(0, len(tiles64 if op == f64 else tiles32), 3)]
         t = ref_rule([out[i].shape[0] for i in idx], [out[i].shape[1] for i in idx], tiles, programs)
         bm, bn, bk = tiles[t]
-        pl = planes[(op - 2) * 4 + key[3]]
+        pl = planes[(op - f32) * len(DTYPES) + key[3]]
         mnk = {i: (u[i].shape[0], vh[i].shape[1], u[i].shape[1]) for i in idx}
         pad = {i: (cdiv(m, bm) * bm, cdiv(n, bn) * bn, cdiv(k, bk) * bk) for i, (m, n, k) in mnk.items()}
         need = {i: pl * (mp * kp + kp * np_) * es for i, (mp, np_, kp) in pad.items()}
@@ -93,7 +98,7 @@ def ref_plan(u, s, vh, out, power=0.5, tiles32=TILES32, tiles64=TILES64, planes=
             for i in ch:
                 table += [s[i].data_ptr(), mnk[i][2], s[i].stride(0), f[i] - fs_at]
             for is_u in (True, False):
-                for lay in (1, 2, 0):
+                for lay in (ROW_MAJOR, COL_MAJOR, GENERAL):
                     at0, rows = len(table), 0
                     tiles_rc = 0
                     for i in ch:
@@ -116,7 +121,7 @@ def ref_plan(u, s, vh, out, power=0.5, tiles32=TILES32, tiles64=TILES64, planes=
                         tiles_rc += cdiv(rp, block_r) * cdiv(cp, block_c)
                     if rows:
                         launches.append([STAGE, at0, rows, key[0 if is_u else 2], op, lay, key[3],
-                                         max(1, min(programs * 8, tiles_rc)), 0, 0])
+                                         max(1, min(programs * 8, tiles_rc))] + [0] * (RECORD - 8))
             o_es = DTYPES[key[3]].itemsize
             for aligned in (True, False):
                 at0, mn = len(table), []
@@ -134,7 +139,8 @@ def ref_plan(u, s, vh, out, power=0.5, tiles32=TILES32, tiles64=TILES64, planes=
                     mn.append((m, n))
                 if mn:
                     tiles_mn = sum(cdiv(m, bm) * cdiv(n, bn) for m, n in mn)
-                    launches.append([GEMM, at0, len(mn), t, op, key[3], int(aligned), max(1, min(programs, tiles_mn)), 0, 0])
+                    launches.append([GEMM, at0, len(mn), t, op, key[3], int(aligned), max(1, min(programs, tiles_mn))]
+                                    + [0] * (RECORD - 8))
             record[3], record[8] = len(table), len(relocs)
     return table, launches, relocs
 
@@ -201,7 +207,7 @@ def test_plan_matches_reference(seed, programs):
     assert got == ref_plan(u, s, vh, out, programs=programs)
     _, launches, _ = got
     assert [r[0] for r in launches].count(CHUNK) == 6, "one chunk per dtype combination with a matrix to write"
-    assert {r[5] for r in launches if r[0] == STAGE} == {0, 1, 2}, "every layout"
+    assert {r[5] for r in launches if r[0] == STAGE} == {ROW_MAJOR, COL_MAJOR, GENERAL}, "every layout"
     assert {r[6] for r in launches if r[0] == GEMM} == {0, 1}, "aligned and remainder launches"
 
 
@@ -243,12 +249,13 @@ def test_plan_relocations_are_the_workspace_cells():
             ws_bytes, matrices = r[4] * DTYPES[r[5]].itemsize, r[2]
             fs_cells = set()
         else:
-            rows = [r[1] + 10 * j for j in range(r[2])]
+            width = STAGE_ROW if r[0] == STAGE else GEMM_ROW
+            rows = [r[1] + width * j for j in range(r[2])]
             want |= {row + c for row in rows for c in ((2,) if r[0] == STAGE else (0, 1))}
             if r[0] == STAGE:
                 fs_cells |= {row + 1 for row in rows if row + 1 in moved}
                 assert len(fs_cells) <= matrices
-            assert all(0 <= table[c] < ws_bytes for c in moved & set(row + c for row in rows for c in range(10)))
+            assert all(0 <= table[c] < ws_bytes for c in moved & set(row + c for row in rows for c in range(width)))
     assert len(moved - want) == sum(r[2] for r in launches if r[0] == CHUNK), "one f(s) pointer per U job"
     assert want <= moved
 
@@ -300,3 +307,24 @@ def test_plan_errors():
              [torch.empty(1).expand(m, 1)])
     with pytest.raises(RuntimeError, match="planes"):
         plan([a], [s], [b], [o], planes=[1])
+
+
+def test_launch_layout():
+    """svs::_launch_layout, which svs_kernels/triton_ops/_layout.py reads: the four float dtypes,
+    distinct kinds and layouts, and widths that tile the plan's output: (L, RECORD) launch records,
+    and per chunk the map header and rows, then its stage and GEMM launches' rows, back to back."""
+    assert DTYPES == [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+    assert sorted(_KINDS) == ["chunk", "gemm", "stage"] and sorted(_LAYOUTS) == ["col_major", "general", "row_major"]
+    u, s, vh, out = mixed_problem(6)
+    table, launches, _ = torch.ops.svs._reconstruct_plan(u, s, vh, out, 0.5, TILES32, TILES64, PLANES, 4, 32, 64,
+                                                         1 << 30)
+    assert launches.shape[1] == RECORD
+    at = 0
+    for r in launches.tolist():
+        if r[0] == CHUNK:
+            assert r[1] == at
+            at += (1 + r[2]) * MAP_ROW
+        else:
+            assert r[1] == at, f"{_KINDS[r[0]]} launch at {r[1]}, expected {at}"
+            at += r[2] * (STAGE_ROW if r[0] == STAGE else GEMM_ROW)
+    assert at == table.numel()

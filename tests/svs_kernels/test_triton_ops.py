@@ -1,4 +1,4 @@
-"""Triton kernels (svs_kernels.triton_ops): sigma-map, staging, grouped GEMM, bias rule.
+"""Triton kernels (svs_kernels.triton_ops): sigma-map, staging, grouped GEMM.
 
 On a CPU-only machine these run under the Triton interpreter on CPU tensors; TRITON_INTERPRET=1 must
 be set before triton is first imported (tests/conftest.py does so when CUDA is unavailable). With
@@ -26,8 +26,9 @@ import svs_kernels  # noqa: F401  (registers torch.ops.svs.*)
 from svs_kernels import triton_ops as svs_triton
 from svs_kernels.triton_ops import parse_map
 
+from svs_kernels.triton_ops import _layout
+
 if svs_triton.available():
-    from svs_kernels.triton_ops import bias as B
     from svs_kernels.triton_ops import common, gemm, stage
     from svs_kernels.triton_ops import reconstruct as R
     from svs_kernels.triton_ops import sigma_map as SM
@@ -423,9 +424,24 @@ def test_reconstruct_errors():
 # packed sigma-map
 
 
+def plan_map_table(segments, power):
+    """The sigma-map table that svs::_reconstruct_plan builds for these vectors (each the s of a
+    (1, k) x (k, 1) product, one chunk): a header, then a row per vector at its packed offset."""
+    u = [torch.ones(1, x.numel(), dtype=x.dtype, device=x.device) for x in segments]
+    vh = [torch.ones(x.numel(), 1, dtype=x.dtype, device=x.device) for x in segments]
+    out = [torch.empty(1, 1, dtype=x.dtype, device=x.device) for x in segments]
+    one = [32, 32, 16]
+    table, launches, _ = torch.ops.svs._reconstruct_plan(u, segments, vh, out, power, one, one, [1] * 8, 1, 16, 32,
+                                                         1 << 40)
+    (chunk,) = [r for r in launches.tolist() if r[0] == _layout.CHUNK]
+    return table[chunk[1]:chunk[1] + (1 + len(segments)) * _layout.MAP_ROW]
+
+
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_sigma_map_packed(dtype, gen):
+    """The sigma-map kernel on the table the C++ plan builds: every map, every vector at its packed
+    offset, whatever its length (0, 1, a block multiple plus or minus one, several blocks)."""
     lengths = [1, 31, 0, 33, 127, 4097, 5]
     offsets = [0]
     for n in lengths:
@@ -435,9 +451,13 @@ def test_sigma_map_packed(dtype, gen):
     s[offsets[1]:offsets[2]][::4] = 1e-30  # tiny values: log1p must stay accurate (Goldberg form)
     s[offsets[6]:offsets[7]] = 0  # an all-zero segment (spectral: 0/0 must give 0)
     s = s.to(DEVICE)
+    segments = [s[a:b] for a, b in zip(offsets, offsets[1:])]
     out = torch.full_like(s, math.nan)
     for name in MAPS:
-        SM.sigma_map(s, torch.tensor(offsets), name, out=out)
+        code, power = parse_map(name)
+        tab = plan_map_table(segments, power)
+        assert tab.view(-1, _layout.MAP_ROW)[1:, 3].tolist() == offsets[:-1], "vectors packed back to back"
+        SM.launch_map(common.to_device(tab, s.device), out, dtype, code, len(segments))
         for a, b in zip(offsets, offsets[1:]):
             ref = ref_map(s[a:b].cpu(), name).to(dtype).double()  # rounded like the kernel's store
             got = out[a:b].cpu().double()
@@ -448,51 +468,6 @@ def test_sigma_map_packed(dtype, gen):
             worst = (err / (rtol * ref.abs()).clamp_min(1e-300)).max().item() if b > a else 0.0
             assert (err <= rtol * ref.abs()).all(), (
                 f"seed {gen.initial_seed()} map {name} segment {a}:{b}: {worst:.2f} times the bound")
-
-
-@needs_triton
-def test_sigma_map_errors():
-    s = torch.ones(4, device=DEVICE)
-    with pytest.raises(RuntimeError, match="offsets"):
-        SM.sigma_map(s, torch.tensor([0, 5]))
-    with pytest.raises(RuntimeError, match="needs a finite number"):
-        SM.sigma_map(s, torch.tensor([0, 4]), "power:x")
-
-
-# ---------------------------------------------------------------------------------------------
-# bias rule
-
-
-@needs_triton
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-def test_scale_biases(dtype, gen):
-    sizes = [1, 31, 33, 127, 4097, 8]
-    biases = [(torch.randn(n, generator=gen, dtype=torch.float64) * 2).to(dtype).to(DEVICE) for n in sizes]
-    biases[-1] = torch.zeros(8, dtype=dtype, device=DEVICE)  # a zero bias stays zero
-    big = torch.randn(3 * 33, generator=gen, dtype=torch.float64).to(dtype).to(DEVICE)
-    biases[2] = big[::3]  # strided input
-    eps = 1e-8
-    bufs = [torch.full((n + 2,), math.nan, dtype=dtype, device=DEVICE) for n in sizes]
-    outs = [b[1:-1] for b in bufs]
-    B.scale_biases(biases, eps, out=outs)
-    for i, (b, o, buf) in enumerate(zip(biases, outs, bufs)):
-        b64 = b.cpu().double()
-        ref = (b64 / (b64.norm() + eps).sqrt()).to(dtype).double()  # the C++ scale_bias
-        # float64 all the way, then one rounding to dtype: at most 1 ulp of dtype from the C++
-        # result, plus the float64 evaluation differences (blocked sum of squares vs torch's norm:
-        # worst case n * 2^-53 relative in ||b||^2 for n = 4097, quartered by the two square roots)
-        torch.testing.assert_close(o.cpu().double(), ref, rtol=2 * U_OUT[dtype] + 4097 * 2.0**-53 / 4, atol=0,
-                                   msg=lambda m: f"seed {gen.initial_seed()} bias {i}: {m}")
-        assert buf[0].isnan() and buf[-1].isnan(), f"bias {i}: write outside the view"
-    assert (outs[-1] == 0).all()
-    # functional form and in place
-    new = B.scale_biases(biases, eps)
-    for a, b in zip(new, outs):
-        assert torch.equal(a, b)
-    inplace = [b.clone() for b in biases]
-    B.scale_biases(inplace, eps, out=inplace)
-    for a, b in zip(inplace, outs):
-        assert torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,7 +486,7 @@ def test_stage_rounding_and_padding(mode, gen):
     """Staging writes U * f(s) rounded as stated (TF32: rna; SPLIT: hi = rna(x), lo = rna(x - hi),
     |x - hi - lo| <= 2^-22 |x|), row-major into the padded planes, zeros in the padding."""
     m, k, rows_p, cols_p = 37, 21, 64, 32
-    x = torch.randn(k, m, generator=gen).t().to(DEVICE)  # column-major source (LAYOUT 2)
+    x = torch.randn(k, m, generator=gen).t().to(DEVICE)  # column-major source
     fs = (torch.rand(k, generator=gen) + 0.5).to(DEVICE)
     planes = 2 if mode == "SPLIT" else 1
     dst = torch.full((planes, rows_p, cols_p), math.nan, device=DEVICE)
@@ -519,7 +494,7 @@ def test_stage_rounding_and_padding(mode, gen):
     tab = torch.tensor([x.data_ptr(), fs.data_ptr(), dst.data_ptr(), m, k, x.stride(0), x.stride(1), rows_p,
                         cols_p, lo_off], dtype=torch.int64)
     stage.launch(common.to_device(tab, dst.device), 1, common.TL_DTYPE[torch.float32], common.TL_DTYPE[torch.float32],
-                 2, getattr(stage, mode), 2)
+                 _layout.COL_MAJOR, getattr(stage, mode), 2)
     a = x.cpu() * fs.cpu()  # float32 product, as the kernel
     got = dst.cpu()
     assert (got[:, m:, :] == 0).all() and (got[:, :, k:] == 0).all(), "padding not zero"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Callable, Dict, Iterable, Optional, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
@@ -174,8 +174,3 @@ def paired_weight(bias_name: str) -> str:
     head, _, leaf = bias_name.rpartition(".")
     leaf = leaf.replace("bias", "weight")
     return f"{head}.{leaf}" if head else leaf
-
-
-def names_with(roles: Dict[str, Role], wanted: Iterable[Role]) -> list:
-    wanted = set(wanted)
-    return [name for name, role in roles.items() if role in wanted]

@@ -33,7 +33,7 @@ from typing import Dict, List
 
 import torch
 
-from .checkpoints import llama_state_dict, write_hf_dir
+from svs.testing import llama_state_dict, write_hf_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]

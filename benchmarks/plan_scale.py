@@ -20,8 +20,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from svs.distributed import assign, job_cost, plan
-
-from .checkpoints import llama_state_dict
+from svs.testing import llama_state_dict
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

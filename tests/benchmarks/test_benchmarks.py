@@ -76,6 +76,17 @@ def test_bench_tiny_batch_subsample(benchmark, tiny_small, name, method):
 
 
 # ---- the peers and the reference --------------------------------------------------------------
+
+
+def test_peers_time_every_method():
+    """The benchmarks record and time every method= value this build has, per device."""
+    import svs
+
+    for device in ("cpu", "cuda"):
+        assert peers.ROUTES[device] == tuple(svs.ops.method_names(device))
+    assert [p.name for p in peers.our_routes("cpu")] == [f"svs.refine {m}" for m in svs.ops.method_names("cpu")]
+
+
 def test_every_cpu_peer_matches_reference(ddpm_small):
     ran = 0
     for p in peers.peers_for("cpu"):

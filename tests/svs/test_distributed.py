@@ -15,8 +15,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import svs  # noqa: E402
-from benchmarks.checkpoints import llama_state_dict, write_hf_dir  # noqa: E402
 from svs import distributed, sharded  # noqa: E402
+from svs.testing import llama_state_dict, write_hf_dir  # noqa: E402
 
 
 def test_assign_largest_first_onto_least_loaded():

@@ -139,13 +139,19 @@ def test_method_names_are_what_the_kernel_checks():
     assert svs.ops.method_names("meta") == []
 
 
-def test_benchmark_peers_read_the_method_names():
-    from benchmarks import peers
-
-    for device in ("cpu", "cuda"):
-        assert peers.ROUTES[device] == peers.routes(device) == tuple(svs.ops.method_names(device))
-    ours = [p.name for p in peers.our_routes("cpu")]
-    assert ours == [f"svs.refine {m}" for m in svs.ops.method_names("cpu")]
+def test_method_names_run_the_routes_they_name():
+    """Each method= value of svs.ops.method_names("cpu") is listed once and runs what it names, as
+    refine_with_spectra reports the route: "svd" and "gram" the ATen route of that name, "aten"
+    and "auto" an ATen route (the CPU has no other)."""
+    cpu = svs.ops.method_names("cpu")
+    assert len(set(cpu)) == len(cpu) and {"auto", "aten", "svd", "gram"} <= set(cpu)
+    routes = svs.ops.route_names()
+    w = torch.randn(7, 5, dtype=torch.float64)
+    for m in cpu:
+        *_, (route,) = svs.refine_with_spectra([w], method=m)
+        assert route in routes and route.startswith("aten:"), (m, route)
+        if m not in ("auto", "aten"):
+            assert route == f"aten:{m}", (m, route)
 
 
 def test_refine_inplace_refuses_overlapping_inputs():

@@ -14,8 +14,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import svs  # noqa: E402
-from benchmarks.checkpoints import llama_state_dict, write_hf_dir  # noqa: E402
 from svs import sharded  # noqa: E402
+from svs.testing import llama_state_dict, write_hf_dir  # noqa: E402
 from tests.reference import assert_matches, reference_refine  # noqa: E402
 
 CONFIG = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -9,14 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import svs  # noqa: E402
-from benchmarks.checkpoints import llama_state_dict, write_hf_dir  # noqa: E402
-from svs import sharded  # noqa: E402
-from svs.io import CheckpointError  # noqa: E402
+import svs
+from svs import sharded
+from svs.io import CheckpointError
+from svs.testing import llama_state_dict, write_hf_dir
 
 SHARD_BYTES = 12_000
 

@@ -1,6 +1,14 @@
-"""Small Hugging Face style checkpoints for tests and benchmarks, generated offline: the tensor names
-``transformers`` writes for a Llama (Qwen2 with ``bias=True``: q/k/v biases) model, in shards named
-and indexed as ``save_pretrained`` names them, with config, generation config and tokenizer files."""
+"""Tools to make test checkpoints: small Hugging Face style checkpoints, generated offline.
+
+:func:`llama_state_dict` gives the tensor names ``transformers`` writes for a Llama (Qwen2 with
+``bias=True``: q/k/v biases) model; :func:`write_hf_dir` writes a state dict in shards named and
+indexed as ``save_pretrained`` names them, with config, generation config and tokenizer files.
+The tests, the benchmarks and users trying ``svs refine DIR`` all use these (no transformers needed)::
+
+    from pathlib import Path
+    from svs.testing import llama_state_dict, write_hf_dir
+    write_hf_dir(Path("llama"), llama_state_dict(layers=4, hidden=256), max_shard_bytes=2_000_000)
+"""
 from __future__ import annotations
 
 import json

@@ -9,8 +9,9 @@ keeps its ATen composite kernel, which warns once when it runs on CUDA tensors.
 
 One module per kernel plus its launcher: ``sigma_map``, ``stage``, ``gemm``; ``reconstruct``
 chains them (the bias rule has no Triton kernel: the CUDA build of svs::refine has its own).
-``_maps`` and ``_layout`` read the map codes and the launch-table layout from the extension. On a CPU-only machine they run under the Triton
-interpreter on CPU tensors: set ``TRITON_INTERPRET=1`` before triton is first imported.
+``_maps`` and ``_layout`` read the map codes and the launch-table layout from the extension. On a
+CPU-only machine the kernels run under the Triton interpreter on CPU tensors: set
+``TRITON_INTERPRET=1`` before triton is first imported.
 """
 from typing import Optional
 

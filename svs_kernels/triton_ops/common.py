@@ -9,7 +9,6 @@ tables hold host addresses (so the launchers refuse CUDA tensors under the inter
 import contextlib
 import functools
 import os
-import struct
 
 import torch
 import triton
@@ -89,11 +88,6 @@ def map_values(s, s_max, power, MAP: tl.constexpr):
 # host side
 
 
-def f64_bits(x: float) -> int:
-    """The bits of float64 x as an int64 (scalars travel in the int64 pointer tables)."""
-    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
-
-
 def check_device(device: torch.device, what: str) -> None:
     if INTERPRETING:
         if device.type != "cpu":
@@ -111,10 +105,6 @@ def to_device(table: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cpu":
         return table
     return table.pin_memory().to(device, non_blocking=True)
-
-
-def table(rows, device: torch.device) -> torch.Tensor:
-    return to_device(torch.tensor(rows, dtype=torch.int64), device)
 
 
 def num_programs(device: torch.device) -> int:

@@ -22,10 +22,10 @@ ROW = tl.constexpr(_layout.STAGE_ROW)
 ROW_MAJOR, COL_MAJOR = tl.constexpr(_layout.ROW_MAJOR), tl.constexpr(_layout.COL_MAJOR)
 
 
-# Table per job, ROW fields: [src_ptr, fs_ptr (0: no scaling), dst_ptr, rows, cols, src_s0, src_s1, rows_p,
-# cols_p, lo_off]; src strides and lo_off (hi plane to lo plane) in elements. LAYOUT: ROW_MAJOR if
-# every source has unit stride along dim 1, COL_MAJOR along dim 0, else general (a compile-time
-# unit stride lets the loads vectorise and coalesce along it).
+# Table per job, ROW fields: [src_ptr, fs_ptr (0: no scaling), dst_ptr, rows, cols, src_s0, src_s1,
+# rows_p, cols_p, lo_off]; src strides and lo_off (hi plane to lo plane) in elements. LAYOUT:
+# ROW_MAJOR if every source has unit stride along dim 1, COL_MAJOR along dim 0, else general (a
+# compile-time unit stride lets the loads vectorise and coalesce along it).
 @triton.jit
 def _stage_kernel(tab_ptr, G, SRC_DT: tl.constexpr, DST_DT: tl.constexpr, LAYOUT: tl.constexpr,
                   MODE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):

@@ -67,7 +67,8 @@ def ref_plan(u, s, vh, out, power=0.5, tiles32=TILES32, tiles64=TILES64, planes=
         f32, f64 = DTYPES.index(torch.float32), DTYPES.index(torch.float64)
         op = f64 if f64 in (key[0], key[2]) else f32
         es = DTYPES[op].itemsize
-        tiles = [tuple((tiles64 if op == f64 else tiles32)[j:j + 3]) for j in range(0, len(tiles64 if op == f64 else tiles32), 3)]
+        flat = tiles64 if op == f64 else tiles32
+        tiles = [tuple(flat[j:j + 3]) for j in range(0, len(flat), 3)]
         t = ref_rule([out[i].shape[0] for i in idx], [out[i].shape[1] for i in idx], tiles, programs)
         bm, bn, bk = tiles[t]
         pl = planes[(op - f32) * len(DTYPES) + key[3]]

@@ -314,7 +314,7 @@ def test_launch_layout():
     """svs::_launch_layout, which svs_kernels/triton_ops/_layout.py reads: the four float dtypes,
     distinct kinds and layouts, and widths that tile the plan's output: (L, RECORD) launch records,
     and per chunk the map header and rows, then its stage and GEMM launches' rows, back to back."""
-    assert DTYPES == [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+    assert len(DTYPES) == 4 and set(DTYPES) == {torch.float16, torch.bfloat16, torch.float32, torch.float64}
     assert sorted(_KINDS) == ["chunk", "gemm", "stage"] and sorted(_LAYOUTS) == ["col_major", "general", "row_major"]
     u, s, vh, out = mixed_problem(6)
     table, launches, _ = torch.ops.svs._reconstruct_plan(u, s, vh, out, 0.5, TILES32, TILES64, PLANES, 4, 32, 64,

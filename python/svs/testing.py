@@ -7,7 +7,8 @@ The tests, the benchmarks and users trying ``svs refine DIR`` all use these (no 
 
     from pathlib import Path
     from svs.testing import llama_state_dict, write_hf_dir
-    write_hf_dir(Path("llama"), llama_state_dict(layers=4, hidden=256), max_shard_bytes=2_000_000)
+    sd = llama_state_dict(layers=4, hidden=256, intermediate=768, kv=64)
+    write_hf_dir(Path("llama"), sd, max_shard_bytes=2_000_000)  # 4 shards and an index
 """
 from __future__ import annotations
 

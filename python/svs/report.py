@@ -94,11 +94,16 @@ class RefineReport:
         t = self.totals()
         verb = "would refine" if self.dry_run else "refined"
         summary = (
-            f"SVS map={self.map} method={self.method} device={self.device}: {verb} {t['weights']} weights "
-            f"({t['shapes']} shapes) and {t['biases']} biases, {t['params_refined']:,} parameters; "
-            f"{t['resets']} norm parameters reset; {t['seconds']:.3f} s"
+            f"SVS map={self.map} method={self.method} device={self.device}: {verb} {_count(t['weights'], 'weight')} "
+            f"({_count(t['shapes'], 'shape')}) and {_count(t['biases'], 'bias', 'biases')}, "
+            f"{_count(t['params_refined'], 'parameter')}; {_count(t['resets'], 'norm parameter')} reset; {t['seconds']:.3f} s"
         ) + (f"; skipped {t['skipped']} (reason in the route column)" if t["skipped"] else "")
         note = "(for biases s_max/s_min' columns show ||b|| before/after)"
         left = [f"left alone: {len(names)} {reason} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''})"
                 for reason, names in self.left_alone.items()]
         return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows] + [summary, note] + left)
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    """``n`` and the noun, singular for 1: ``1 weight``, ``2 weights``, ``1,024 parameters``."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"

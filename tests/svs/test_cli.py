@@ -171,7 +171,7 @@ MISTAKES = [
     ("inspect good.pt --plot missing/spectrum.png", "folder missing does not exist"),
     ("inspect good.pt --include nomatch", "no weight selected"),
     pytest.param("finetune good.pt -o existing.pt", "existing.pt exists", marks=needs_experiments),
-    pytest.param("demo --out existing.pt", "existing.pt is a file; --out takes a folder", marks=needs_experiments),
+    pytest.param("demo -o existing.pt", "existing.pt is a file; -o/--output takes a folder", marks=needs_experiments),
     pytest.param("prune good.pt -o p.pt", "does not hold the bundled teacher's architecture", marks=needs_experiments),
 ]
 

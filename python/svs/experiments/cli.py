@@ -42,7 +42,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     pruned = pl.student(teacher, args.ratio, "pruned", seed=args.seed, images=images)
     refined = copy.deepcopy(pruned)
     report = refine_model(refined, preset="ddpm")
-    print(report)
+    print(report.summary())  # the per-weight spectra: spectrum.png at the end
     names = [r.name for r in report.weights]
     before = singular_values([dict(pruned.named_parameters())[n] for n in names])
     after = singular_values([dict(refined.named_parameters())[n] for n in names])

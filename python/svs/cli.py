@@ -25,7 +25,7 @@ from .extras import MissingExtra
 from .interrupt import own_process
 from .layouts import of_directory
 from .model import check_device, refine_model, refine_state_dict
-from .ops import MAPS, method_names
+from .ops import MAPS, _is_map, method_names
 from .tensors import RefineError, _progress_bar
 from .plots import plot_spectra
 from .presets import PRESETS
@@ -109,6 +109,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"refined by svs {settings['svs_version']} (torch {settings['torch']}) on {settings['date']} from "
               f"{settings['source']}: preset {settings['preset']}, map {settings['map']}, method {settings['method']}")
     preset, map_ = args.preset or settings.get("preset", "generic"), args.map or settings.get("map", "sqrt")
+    if not _is_map(map_):
+        raise UsageError(f"unknown map {map_!r}; expected one of {', '.join(MAPS)} (e.g. power:0.25)")
     plan = []
     for source in sources(src, args.trust_pickle):
         weights, skipped = selected(source, preset, args.include, args.exclude)

@@ -311,3 +311,10 @@ def test_dry_run_route_says_what_a_run_would_use(workdir, capsys):
     dry, done = (json.loads(Path(f).read_text())["records"] for f in ("dry.json", "run.json"))
     weights = [(d["route"], r["route"]) for d, r in zip(dry, done) if d["role"] == "weight"]
     assert weights and all(d == "auto (not run)" and r.startswith("aten:") for d, r in weights)
+
+
+def test_inspect_refuses_an_unknown_map_before_any_work(workdir, capsys):
+    assert main(["inspect", "good.pt", "--map", "bogus", "--plot", "s.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("svs inspect: error: unknown map 'bogus'; expected one of sqrt,") and len(err.splitlines()) == 1
+    assert not Path("s.png").exists()

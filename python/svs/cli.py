@@ -42,7 +42,7 @@ ORDINARY = (UsageError, ValueError, OSError, RefineError, MemoryError, MissingEx
 def _selection_args(p: argparse.ArgumentParser, preset: Optional[str] = "generic", map: Optional[str] = "sqrt") -> None:
     p.add_argument("--preset", default=preset, choices=sorted(PRESETS), help="layer rule" + (
         "" if preset else " (default: the one svs refine used for a refined directory, else generic)"))
-    p.add_argument("--map", default=map, metavar="MAP", help=f"sigma map: {', '.join(MAPS)} (power:<p>, e.g. power:0.25)"
+    p.add_argument("--map", default=map, metavar="MAP", help=f"sigma map: {', '.join(MAPS)} (e.g. power:0.25)"
                    + ("" if map else " (default: sqrt)"))
     p.add_argument("--include", metavar="REGEX", help="only parameters whose name matches")
     p.add_argument("--exclude", metavar="REGEX", help="skip parameters whose name matches")
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("refine", parents=[loads], formatter_class=HelpFormatter,
                        help="refine a checkpoint (.safetensors, state-dict .pt, pickled module, or a Hugging "
                             "Face directory of safetensors shards; under torchrun the ranks share the work)")
-    p.add_argument("input")
+    p.add_argument("input", help="a .safetensors or .pt file, a Hugging Face or diffusers directory")
     p.add_argument("-o", "--output", help="output file, or folder for a directory (never the input); not needed with --dry-run")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun each rank's own GPU)")
     _selection_args(p)

@@ -93,22 +93,20 @@ def cmd_refine(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Per weight, kappa and the top singular value's energy share before and after SVS, a
     summary with the verdict, optionally the before/after plot (:mod:`svs.inspection`)."""
-    from .inspection import WeightStats, describe, kappa_share, recorded_before, selected, sources, spectra, table
-    from .ops import map_spectrum
+    from .inspection import describe, measure, refine_record, selected, sources, table
 
     src = Path(args.input)
-    record = recorded_before(src) if src.is_dir() else None
+    record = refine_record(src)
     if record is not None and args.map is not None:
         raise UsageError(f"{src} was refined by svs refine (its weights are after SVS); --map applies to a checkpoint "
                          "before refinement")
     if args.plot:
         check_output(Path(args.plot), True, [args.input])
         check_image(Path(args.plot))
-    settings = json.loads((src / "svs_refine.json").read_text()) if record is not None else {}
-    if settings:
-        print(f"refined by svs {settings['svs_version']} (torch {settings['torch']}) on {settings['date']} from "
-              f"{settings['source']}: preset {settings['preset']}, map {settings['map']}, method {settings['method']}")
-    preset, map_ = args.preset or settings.get("preset", "generic"), args.map or settings.get("map", "sqrt")
+    if record is not None:
+        print(f"refined by svs {record['svs_version']} (torch {record['torch']}) on {record['date']} from "
+              f"{record['source']}: preset {record['preset']}, map {record['map']}, method {record['method']}")
+    preset, map_ = args.preset or (record or {}).get("preset", "generic"), args.map or (record or {}).get("map", "sqrt")
     if not _is_map(map_):
         raise UsageError(f"unknown map {map_!r}; expected one of {', '.join(MAPS)} (e.g. power:0.25)")
     plan = []
@@ -120,27 +118,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     total = sum(len(w) for _, w in plan)
     if not total:
         raise UsageError("no weight selected; check --preset, --include and --exclude")
-    stats, before, after = [], [], []
     with _progress_bar(total, not args.quiet and progress_default()) as bar:
-        for source, weights in plan:
-            shapes = {n: shape for n, shape, _ in weights}
-            for name, s in spectra(source, weights):
-                full, rank = source.prefix + name, int((s > 0).sum())
-                if record is not None:  # stored after SVS; before as svs refine recorded it
-                    s_max, s_min = record.get(full, (None, None))
-                    stats.append(WeightStats(full, shapes[name], rank, s_max / s_min if s_min else None, None,
-                                             *kappa_share(s)))
-                else:
-                    mapped = map_spectrum(s, map_)
-                    before.append(s)
-                    stats.append(WeightStats(full, shapes[name], rank, *kappa_share(s), *kappa_share(mapped)))
-                    s = mapped
-                after.append(s)
-                bar.update(1)
-    lines = ([] if args.quiet else table(stats, record is not None)) + describe(stats, record is not None, map_)
-    print("\n".join(lines))
+        stats, before, after = measure(plan, map_, record, lambda: bar.update(1))
+    refined = record is not None
+    print("\n".join(([] if args.quiet else table(stats, refined)) + describe(stats, refined, map_)))
     if args.plot:
-        curves = {f"as refined ({map_})": after} if record is not None else {"before": before, f"after SVS ({map_})": after}
+        curves = {f"as refined ({map_})": after} if refined else {"before": before, f"after SVS ({map_})": after}
         io.atomic_write(args.plot, lambda tmp: plot_spectra(
             curves, tmp, title=f"{src.name}: singular values of {len(stats)} weight{'s' if len(stats) != 1 else ''}"))
         print(f"wrote {args.plot}")

@@ -187,11 +187,34 @@ def table(stats: Sequence[WeightStats], refined: bool) -> List[str]:
     return [line(header)] + [line(r) for r in rows]
 
 
-def recorded_before(path: Path) -> Optional[Dict[str, Tuple[float, float]]]:
-    """``{weight: (s_max, s_min)}`` before SVS as ``svs refine`` recorded it in the directory
-    ``path`` (``svs_refine.json``), or None when it did not write ``path``."""
+def refine_record(path: Path) -> Optional[dict]:
+    """What ``svs refine`` recorded in the directory ``path`` (``svs_refine.json``), or None when
+    it did not write ``path``."""
     file = Path(path) / "svs_refine.json"
-    if not file.is_file():
-        return None
-    records = json.loads(file.read_text())["report"]["records"]
-    return {r["name"]: (r["before_max"], r["before_min"]) for r in records if r["role"] == "weight"}
+    return json.loads(file.read_text()) if Path(path).is_dir() and file.is_file() else None
+
+
+def measure(plan: Sequence[Tuple[Source, list]], map: str, record: Optional[dict] = None,
+            on_weight: Callable[[], None] = lambda: None) -> Tuple[List[WeightStats], List[torch.Tensor], List[torch.Tensor]]:
+    """Each planned weight's stats, and the spectra before and after SVS (``map`` applied; for a
+    refined directory, ``record``, "after" is the weight as stored and "before" has no spectra:
+    its kappa comes from the record)."""
+    from .ops import map_spectrum
+
+    recorded = {} if record is None else {r["name"]: (r["before_max"], r["before_min"])
+                                          for r in record["report"]["records"] if r["role"] == "weight"}
+    stats, before, after = [], [], []
+    for source, weights in plan:
+        shapes = {n: shape for n, shape, _ in weights}
+        for name, s in spectra(source, weights):
+            full, rank = source.prefix + name, int((s > 0).sum())
+            if record is not None:
+                s_max, s_min = recorded.get(full, (None, None))
+                stats.append(WeightStats(full, shapes[name], rank, s_max / s_min if s_min else None, None, *kappa_share(s)))
+            else:
+                before.append(s)
+                s = map_spectrum(s, map)
+                stats.append(WeightStats(full, shapes[name], rank, *kappa_share(before[-1]), *kappa_share(s)))
+            after.append(s)
+            on_weight()
+    return stats, before, after

@@ -21,3 +21,14 @@ def test_metadata_pins_the_torch_the_extension_is_built_against(tmp_path):
     from packaging.specifiers import SpecifierSet  # the installed torch, local label and all, satisfies it
 
     assert SpecifierSet(f"=={public}").contains(torch.__version__)
+
+
+def test_installed_package_requires_the_running_torch():
+    """The installed metadata (pip install -e . or a wheel) names the torch _C was built against,
+    which is the torch running: the requirement is satisfied here."""
+    from importlib.metadata import requires
+
+    from packaging.specifiers import SpecifierSet
+
+    pins = [r for r in requires("svs-kernels") if re.match(r"torch\b(?!-)", r)]
+    assert len(pins) == 1 and SpecifierSet(pins[0][len("torch"):]).contains(torch.__version__), pins

@@ -135,9 +135,11 @@ def test_gpt2_directory_is_read_in_its_linear_layout(tmp_path, capsys):
     pytest.importorskip("transformers")
     model = gpt2()[0]
     model.save_pretrained(tmp_path / "g")
-    out = rows(run(["inspect", str(tmp_path / "g"), "--preset", "transformer", "--include", r"h\.0\.attn\.c_attn"], capsys))
+    out = rows(run(["inspect", str(tmp_path / "g"), "--preset", "transformer", "--include", r"h\.0\.attn\.c_attn",
+                    "--plot", str(tmp_path / "g.png")], capsys))
     w = model.transformer.h[0].attn.c_attn.weight  # stored (in, out): decomposed as (out, in)
     assert out["transformer.h.0.attn.c_attn.weight"][0] == f"{w.shape[1]}x{w.shape[0]}"
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"  # an unrefined Hugging Face directory, plotted
 
 
 def test_pipeline_folder_before_refinement(tmp_path, capsys):

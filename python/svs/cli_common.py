@@ -1,5 +1,5 @@
 """What the ``svs`` subcommands share: the error for a user's mistake, the checks of an output path
-made before any work, and when to show progress."""
+made before any work, when to show progress, and the help that shows each option's default."""
 from __future__ import annotations
 
 import argparse

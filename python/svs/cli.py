@@ -20,16 +20,17 @@ from typing import List, Optional
 import torch
 
 from . import __version__, io
-from .cli_common import UsageError, check_image, check_output, check_report, progress_default, resolve_output
+from .cli_common import (HelpFormatter, UsageError, check_image, check_output, check_report, progress_default,
+                         resolve_output)
 from .experiments.cli import add_experiment_commands
 from .extras import MissingExtra
 from .interrupt import own_process
 from .layouts import of_directory
 from .model import check_device, refine_model, refine_state_dict
-from .tensors import RefineError, skip_unusable
+from .ops import MAPS, _is_map, method_names
+from .tensors import RefineError, _progress_bar
 from .plots import plot_spectra
-from .presets import PRESETS, Role, select
-from .spectrum import describe, singular_values
+from .presets import PRESETS
 
 
 class Terminated(KeyboardInterrupt):
@@ -40,11 +41,13 @@ class Terminated(KeyboardInterrupt):
 ORDINARY = (UsageError, ValueError, OSError, RefineError, MemoryError, MissingExtra)
 
 
-def _selection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="generic", choices=sorted(PRESETS), help="layer rule (default: generic)")
-    p.add_argument("--map", default="sqrt", help="sigma map: sqrt, log1p, abslog, power:<p>, ones, spectral, square, identity")
-    p.add_argument("--include", help="regex: only parameters whose name matches")
-    p.add_argument("--exclude", help="regex: skip parameters whose name matches")
+def _selection_args(p: argparse.ArgumentParser, preset: Optional[str] = "generic", map: Optional[str] = "sqrt") -> None:
+    p.add_argument("--preset", default=preset, choices=sorted(PRESETS), help="layer rule" + (
+        "" if preset else " (default: the one svs refine used for a refined directory, else generic)"))
+    p.add_argument("--map", default=map, metavar="MAP", help=f"sigma map: {', '.join(MAPS)} (e.g. power:0.25)"
+                   + ("" if map else " (default: sqrt)"))
+    p.add_argument("--include", metavar="REGEX", help="only parameters whose name matches")
+    p.add_argument("--exclude", metavar="REGEX", help="skip parameters whose name matches")
 
 
 def cmd_refine(args: argparse.Namespace) -> int:
@@ -97,76 +100,85 @@ def _refine_file(args: argparse.Namespace, src: Path, dst: Optional[Path], repor
     return 0
 
 
-def _map_values(s: torch.Tensor, name: str) -> torch.Tensor:
-    """f(s) for the spectrum plot: the operator on diag(s) gives exactly f applied by the kernel."""
-    from .ops import refine
-
-    return torch.linalg.svdvals(refine([torch.diag(s)], map=name)[0][0])
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
-    if Path(args.input).is_dir():
-        from .sharded import cmd_inspect_dir
+    """Per weight, kappa and the top singular value's energy share before and after SVS, a
+    summary with the verdict, optionally the before/after plot (:mod:`svs.inspection`)."""
+    from .inspection import describe, measure, refine_record, selected, sources, table
 
-        return cmd_inspect_dir(args)
+    src = Path(args.input)
+    record = refine_record(src)
+    if record is not None and args.map is not None:
+        raise UsageError(f"{src} was refined by svs refine (its weights are after SVS); --map applies to a checkpoint "
+                         "before refinement")
     if args.plot:
         check_output(Path(args.plot), True, [args.input])
         check_image(Path(args.plot))
-    ckpt = io.load(args.input, trust_pickle=args.trust_pickle)
-    tensors = ckpt.tensors()
-    roles = select(tensors, args.preset, args.include, args.exclude)
-    for name, why in skip_unusable(tensors, roles).items():
-        print(f"skipped {name}: {why}")
-    names = [n for n, r in roles.items() if r is Role.WEIGHT]
-    if not names:
+    if record is not None:
+        print(f"refined by svs {record['svs_version']} (torch {record['torch']}) on {record['date']} from "
+              f"{record['source']}: preset {record['preset']}, map {record['map']}, method {record['method']}")
+    preset, map_ = args.preset or (record or {}).get("preset", "generic"), args.map or (record or {}).get("map", "sqrt")
+    if not _is_map(map_):
+        raise UsageError(f"unknown map {map_!r}; expected one of {', '.join(MAPS)} (e.g. power:0.25)")
+    plan = []
+    for source in sources(src, args.trust_pickle):
+        weights, skipped = selected(source, preset, args.include, args.exclude)
+        for name, why in skipped.items():
+            print(f"skipped {source.prefix}{name}: {why}")
+        plan.append((source, weights))
+    total = sum(len(w) for _, w in plan)
+    if not total:
         raise UsageError("no weight selected; check --preset, --include and --exclude")
-    spectra = singular_values([tensors[n] for n in names])
-    width = max(len(n) for n in names)
-    print(f"{'parameter'.ljust(width)}  {'shape':>14}  {'s_max':>9}  {'s_min':>9}  {'kappa':>9}  top10%-energy")
-    for name, s in zip(names, spectra):
-        d = describe(s)
-        shape = "x".join(map(str, tensors[name].shape))
-        print(f"{name.ljust(width)}  {shape:>14}  {d['s_max']:9.4g}  {d['s_min']:9.4g}  {d['kappa']:9.3g}  {d['top10_energy']:.3f}")
-    kappas = torch.tensor([describe(s)["kappa"] for s in spectra])
-    print(f"{len(names)} weights; median kappa {kappas.median():.3g}, max kappa {kappas.max():.3g}")
+    with _progress_bar(total, not args.quiet and progress_default()) as bar:
+        stats, before, after = measure(plan, map_, record, lambda: bar.update(1))
+    refined = record is not None
+    print("\n".join(([] if args.quiet else table(stats, refined)) + describe(stats, refined, map_)))
     if args.plot:
-        after = [_map_values(s, args.map) for s in spectra]
+        curves = {f"as refined ({map_})": after} if refined else {"before": before, f"after SVS ({map_})": after}
         io.atomic_write(args.plot, lambda tmp: plot_spectra(
-            {"before": spectra, f"after SVS ({args.map})": after}, tmp,
-            title=f"{Path(args.input).name}: singular values of {len(names)} weights"))
+            curves, tmp, title=f"{src.name}: singular values of {len(stats)} weight{'s' if len(stats) != 1 else ''}"))
         print(f"wrote {args.plot}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="svs", description="Singular Value Scaling of pruned models")
+    parser = argparse.ArgumentParser(prog="svs", description="Singular Value Scaling of pruned models",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action=_Version, help="show the versions of svs, torch, the extension and triton")
+    # Global options are taken before or after the subcommand: SUPPRESS in the subcommand keeps
+    # its default from overwriting a value given before it.
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (or set SVS_DEBUG=1)")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the traceback of an error (or set SVS_DEBUG=1)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error (or set SVS_DEBUG=1)")
     loads = argparse.ArgumentParser(add_help=False, parents=[common])
     loads.add_argument("--trust-pickle", action="store_true",
                        help="allow a whole pickled module (torch.save(model)): this runs code from the file, "
                             "so only for files you trust")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("refine", parents=[loads],
+    p = sub.add_parser("refine", parents=[loads], formatter_class=HelpFormatter,
                        help="refine a checkpoint (.safetensors, state-dict .pt, pickled module, or a Hugging "
                             "Face directory of safetensors shards; under torchrun the ranks share the work)")
-    p.add_argument("input")
+    p.add_argument("input", help="a .safetensors or .pt file, a Hugging Face or diffusers directory")
     p.add_argument("-o", "--output", help="output file, or folder for a directory (never the input); not needed with --dry-run")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (under torchrun each rank's own GPU)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun each rank's own GPU)")
     _selection_args(p)
-    p.add_argument("--method", default="auto", help="decomposition route (default: auto)")
+    methods = {d: method_names(d) for d in ("cpu", "cuda")}
+    p.add_argument("--method", default="auto", help="decomposition route; " + "; ".join(
+        f"on {d}: {', '.join(m)}" for d, m in methods.items() if m))
     p.add_argument("--dry-run", action="store_true", help="report what would be refined, write nothing")
     p.add_argument("--report", help="also write the report as JSON to this file")
     p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.add_argument("-q", "--quiet", action="store_true", help="no table, no progress bar")
     p.set_defaults(func=cmd_refine)
 
-    p = sub.add_parser("inspect", parents=[loads], help="per-layer spectrum statistics, optionally a before/after plot")
-    p.add_argument("input")
-    _selection_args(p)
-    p.add_argument("--plot", help="write the singular value distribution before/after SVS to this PNG")
+    p = sub.add_parser("inspect", parents=[loads], formatter_class=HelpFormatter,
+                       help="per weight: condition number and top singular value's share, before and after SVS, "
+                            "and whether the model looks like the case SVS targets; optionally a plot")
+    p.add_argument("input", help="a .safetensors or .pt file, a Hugging Face or diffusers directory, or one svs refine wrote")
+    _selection_args(p, preset=None, map=None)
+    p.add_argument("--plot", help="write the singular value distribution before/after SVS to this image (.png, .pdf, .svg)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only the summary: no table, no progress bar")
     p.set_defaults(func=cmd_inspect)
 
     add_experiment_commands(sub, common, loads)

@@ -1,7 +1,8 @@
 """What the ``svs`` subcommands share: the error for a user's mistake, the checks of an output path
-made before any work, and when to show progress."""
+made before any work, when to show progress, and the help that shows each option's default."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -64,3 +65,13 @@ def check_image(path: Path) -> None:
         check_image_path(path)
     except ValueError as err:
         raise UsageError(str(err)) from None
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default (none shown for flags and options without one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in help or not action.option_strings:
+            return help
+        return f"{help} (default: %(default)s)"

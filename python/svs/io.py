@@ -111,8 +111,9 @@ def load(path: PathLike, trust_pickle: bool = False) -> Checkpoint:
 
 
 def _last_line(err: BaseException) -> str:
-    lines = [s.strip() for s in str(err).splitlines() if s.strip()]
-    return lines[-1] if lines else type(err).__name__
+    """The last line of torch.load's error that says what went wrong (not its pointer to the docs)."""
+    lines = [s.strip() for s in str(err).splitlines() if s.strip() and "documentation" not in s]
+    return re.sub(r"\s*\(Could this error message be improved\?.*$", "", lines[-1]) if lines else type(err).__name__
 
 
 def writer(checkpoint: Checkpoint, path: PathLike) -> Callable[[str], None]:

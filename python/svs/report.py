@@ -79,6 +79,16 @@ class RefineReport:
             "left_alone": self.left_alone,
         }
 
+    def summary(self) -> str:
+        """The one line under the table: what was (or would be) refined, and how long it took."""
+        t = self.totals()
+        verb = "would refine" if self.dry_run else "refined"
+        return (
+            f"SVS map={self.map} method={self.method} device={self.device}: {verb} {_count(t['weights'], 'weight')} "
+            f"({_count(t['shapes'], 'shape')}) and {_count(t['biases'], 'bias', 'biases')}, "
+            f"{_count(t['params_refined'], 'parameter')}; {_count(t['resets'], 'norm parameter')} reset; {t['seconds']:.3f} s"
+        ) + (f"; skipped {t['skipped']} (reason in the route column)" if t["skipped"] else "")
+
     def __str__(self) -> str:
         def num(x: Optional[float]) -> str:
             return "-" if x is None else f"{x:.4g}"
@@ -91,14 +101,13 @@ class RefineReport:
         ]
         widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
         line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
-        t = self.totals()
-        verb = "would refine" if self.dry_run else "refined"
-        summary = (
-            f"SVS map={self.map} method={self.method} device={self.device}: {verb} {t['weights']} weights "
-            f"({t['shapes']} shapes) and {t['biases']} biases, {t['params_refined']:,} parameters; "
-            f"{t['resets']} norm parameters reset; {t['seconds']:.3f} s"
-        ) + (f"; skipped {t['skipped']} (reason in the route column)" if t["skipped"] else "")
         note = "(for biases s_max/s_min' columns show ||b|| before/after)"
+        summary = self.summary()
         left = [f"left alone: {len(names)} {reason} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''})"
                 for reason, names in self.left_alone.items()]
         return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows] + [summary, note] + left)
+
+
+def _count(n: int, one: str, many: str = "") -> str:
+    """``n`` and the noun, singular for 1: ``1 weight``, ``2 weights``, ``1,024 parameters``."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"

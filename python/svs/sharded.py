@@ -460,15 +460,3 @@ def cmd_refine_dir(args: Any) -> int:
               f"wrote {args.output} ({world} process{'es' if world > 1 else ''}; what was refined: {RECORD})")
     return 0
 
-
-def cmd_inspect_dir(args: Any) -> int:
-    """``svs inspect OUT_DIR``: what ``svs refine`` recorded there."""
-    path = Path(args.input)
-    report = read_record(path)
-    if report is None:
-        raise ValueError(f"{path} has no {RECORD} (not written by svs refine); inspect one of its .safetensors files")
-    record = json.loads((path / RECORD).read_text())
-    print(report)
-    print(f"refined by svs {record['svs_version']} (torch {record['torch']}) on {record['date']} from {record['source']}: "
-          f"preset {record['preset']}, map {record['map']}, method {record['method']}, {record['processes']} process(es)")
-    return 0

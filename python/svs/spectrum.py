@@ -50,15 +50,3 @@ def singular_values(tensors: Sequence[torch.Tensor], on_batch: Optional[Callable
                 on_batch(len(idx))
     return out  # type: ignore[return-value]
 
-
-def describe(s: torch.Tensor) -> Dict[str, float]:
-    """Max, min, condition number and the share of the spectrum's energy in its top 10 %."""
-    s_max, s_min = float(s[0]), float(s[-1])
-    top = max(1, len(s) // 10)
-    energy = float((s[:top] ** 2).sum() / (s**2).sum()) if s_max > 0 else 0.0
-    return {
-        "s_max": s_max,
-        "s_min": s_min,
-        "kappa": s_max / s_min if s_min > 0 else float("inf"),
-        "top10_energy": energy,
-    }

@@ -65,7 +65,7 @@ def refine_tensors(
     else:
         before = _on_cpu(spectra)
         after = [None] * len(weights) if dry_run else [ops.map_spectrum(s, map) for s in before]
-    planned = f"{device.type}:{method}"  # a dry run's route column: nothing was decomposed by a route
+    planned = f"{method} (not run)"  # a dry run's route column: nothing was decomposed by a route
     position = {n: i for i, n in enumerate(weights)}
     records: List[ParamRecord] = []
     for name, role in roles.items():

@@ -171,7 +171,7 @@ MISTAKES = [
     ("inspect good.pt --plot missing/spectrum.png", "folder missing does not exist"),
     ("inspect good.pt --include nomatch", "no weight selected"),
     pytest.param("finetune good.pt -o existing.pt", "existing.pt exists", marks=needs_experiments),
-    pytest.param("demo --out existing.pt", "existing.pt is a file; --out takes a folder", marks=needs_experiments),
+    pytest.param("demo -o existing.pt", "existing.pt is a file; -o/--output takes a folder", marks=needs_experiments),
     pytest.param("prune good.pt -o p.pt", "does not hold the bundled teacher's architecture", marks=needs_experiments),
 ]
 
@@ -456,3 +456,59 @@ def test_killed_runs_temporary_file_is_removed_by_the_next_run(workdir):
     after = snapshot(workdir)
     assert {k for k in before if ".svs-" in k} - set(after) == {k for k in before if ".svs-" in k}
     assert ".out.pt.mine" in after and not any(".svs-" in k for k in after)
+
+
+def test_global_options_go_before_or_after_the_command(workdir):
+    for argv in (["--debug", "refine", "random.pt", "-o", "out.pt"], ["refine", "random.pt", "-o", "out.pt", "--debug"]):
+        with pytest.raises(io.CheckpointError):
+            main(argv)
+    assert main(["refine", "random.pt", "-o", "out.pt"]) == 2  # and without it, one line
+
+
+def subcommands():
+    from svs.cli import build_parser
+
+    parser = build_parser()
+    return {"svs": parser, **next(a for a in parser._actions if a.dest == "command").choices}
+
+
+@pytest.mark.parametrize("command", sorted(subcommands()))
+def test_every_option_shows_its_help_default_and_choices(command):
+    import argparse
+
+    parser = subcommands()[command]
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        assert action.help, f"svs {command} {action.option_strings[0]} has no help"
+        if action.default not in (None, False, argparse.SUPPRESS) and not isinstance(action, argparse._HelpAction):
+            assert f"(default: {action.default})" in text, (command, action.option_strings)
+        for choice in action.choices or ():
+            assert choice in text, (command, action.option_strings, choice)
+    if command == "refine":  # open-ended choices are listed in the help
+        for name in svs.MAPS + tuple(svs.ops.method_names("cpu")):
+            assert name in text, name
+
+
+def test_corrupt_pt_is_one_line_without_torchs_hints(workdir, capsys):
+    for name in ("random.pt", "truncated.pt"):
+        assert main(["refine", name, "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "is not a readable PyTorch checkpoint" in err
+        assert "documentation" not in err and "http" not in err and "Could this error message be improved" not in err
+
+
+def test_dry_run_route_says_what_a_run_would_use(workdir, capsys):
+    assert main(["refine", "good.pt", "--dry-run", "--report", "dry.json"]) == 0
+    assert main(["refine", "good.pt", "-o", "out.pt", "--report", "run.json"]) == 0
+    dry, done = (json.loads(Path(f).read_text())["records"] for f in ("dry.json", "run.json"))
+    weights = [(d["route"], r["route"]) for d, r in zip(dry, done) if d["role"] == "weight"]
+    assert weights and all(d == "auto (not run)" and r.startswith("aten:") for d, r in weights)
+
+
+def test_inspect_refuses_an_unknown_map_before_any_work(workdir, capsys):
+    assert main(["inspect", "good.pt", "--map", "bogus", "--plot", "s.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("svs inspect: error: unknown map 'bogus'; expected one of sqrt,") and len(err.splitlines()) == 1
+    assert not Path("s.png").exists()

@@ -72,7 +72,7 @@ def test_report_after_spectra_are_the_mapped_spectra():
     assert rec.after_max == pytest.approx(float(s[0] ** 0.25), rel=1e-6)
     assert rec.after_min == pytest.approx(float(s[-1] ** 0.25), rel=1e-6)
     table = str(report)
-    assert "0.weight" in table and "refined 1 weights (1 shapes) and 1 biases" in table
+    assert "0.weight" in table and "refined 1 weight (1 shape) and 1 bias" in table
     assert report.to_dict()["totals"]["params_refined"] == 210
 
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from .. import io
-from ..cli_common import UsageError, check_image, check_output, progress_default
+from ..cli_common import HelpFormatter, UsageError, check_image, check_output, progress_default
 from ..extras import require
 from ..model import refine_model
 from ..plots import plot_spectra, pyplot
@@ -29,9 +29,9 @@ def _pipeline(what: str):
 def cmd_demo(args: argparse.Namespace) -> int:
     """The paper's pipeline, short: bundled teacher -> prune -> with / without SVS -> fine-tune."""
     pl = _pipeline("svs demo")
-    out = Path(args.out)
+    out = Path(args.output)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} is a file; --out takes a folder")
+        raise UsageError(f"{out} is a file; -o/--output takes a folder")
     check_output(out / "demo.json" if out.is_dir() else out, True)
     images = pl.digits()[0]
     teacher = pl.load_teacher()
@@ -42,7 +42,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     pruned = pl.student(teacher, args.ratio, "pruned", seed=args.seed, images=images)
     refined = copy.deepcopy(pruned)
     report = refine_model(refined, preset="ddpm")
-    print(report)
+    print(report.summary())  # the per-weight spectra: spectrum.png at the end
     names = [r.name for r in report.weights]
     before = singular_values([dict(pruned.named_parameters())[n] for n in names])
     after = singular_values([dict(refined.named_parameters())[n] for n in names])
@@ -111,12 +111,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     model = pl.load_model(args.input, trust_pickle=args.trust_pickle)
     resume = Path(args.checkpoint) if args.checkpoint else dst.with_suffix(dst.suffix + ".ckpt")
     args.interrupted_note = f"{dst} not written; the training state saved so far (if any) is in {resume}: run again to resume"
-    cfg = pl.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    history = pl.train_ddpm(model, pl.digits()[0], cfg, checkpoint=resume, progress=not args.quiet)
+    # a loss is logged every 50 steps, and at the end of a shorter run
+    cfg = pl.TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         log_every=max(1, min(50, args.steps)))
+    history = pl.train_ddpm(model, pl.digits()[0], cfg, checkpoint=resume,
+                            progress=not args.quiet and progress_default())
     io.save(io.Checkpoint("module", model), dst)
-    last = history["loss"][-1]["loss"] if history["loss"] else float("nan")
-    print(f"fine-tuned {args.steps} steps (last logged loss {last:.4f}); wrote {dst} (EMA weights); "
-          f"resumable state in {resume}")
+    last = history["loss"][-1] if history["loss"] else None
+    loss = (f"mean loss {last['loss']:.4f} over steps {last['step'] - cfg.log_every + 1}-{last['step']}"
+            if last else "no loss logged")
+    print(f"fine-tuned {args.steps} steps ({loss}); wrote {dst} (EMA weights); resumable state in {resume}")
     return 0
 
 
@@ -135,40 +139,44 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def add_experiment_commands(sub, common: argparse.ArgumentParser, loads: argparse.ArgumentParser) -> None:
     """Adds prune, finetune, sample and demo to the ``svs`` subparsers ``sub``."""
-    p = sub.add_parser("prune", parents=[loads], help="prune a UNet ('teacher' = the bundled digits DDPM), optionally apply SVS")
+    p = sub.add_parser("prune", parents=[loads], formatter_class=HelpFormatter,
+                       help="prune a UNet ('teacher' = the bundled digits DDPM), optionally apply SVS")
     p.add_argument("input", help="'teacher' or a checkpoint (pickled module, or state dict of the teacher architecture)")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--ratio", type=float, default=0.5, help="pruning ratio (default 0.5)")
-    p.add_argument("--importance", default="taylor", choices=["magnitude", "taylor"])
+    p.add_argument("-o", "--output", required=True, help="the pruned model (a pickled module)")
+    p.add_argument("--ratio", type=float, default=0.5, help="pruning ratio")
+    p.add_argument("--importance", default="taylor", choices=["magnitude", "taylor"], help="channel importance")
     p.add_argument("--svs", action="store_true", help="apply SVS (ddpm preset) after pruning")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("finetune", parents=[loads], help="fine-tune with the DDPM loss on the bundled digits (resumable)")
-    p.add_argument("input")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("finetune", parents=[loads], formatter_class=HelpFormatter,
+                       help="fine-tune with the DDPM loss on the bundled digits (resumable)")
+    p.add_argument("input", help="'teacher' or a checkpoint (as for prune)")
+    p.add_argument("-o", "--output", required=True, help="the fine-tuned model (EMA weights, a pickled module)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step")
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--checkpoint", help="resumable training state (default: OUTPUT.ckpt); rerun to resume")
-    p.add_argument("--force", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("--force", action="store_true", help="replace an existing output file")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("sample", parents=[loads], help="DDIM samples of a model as a PNG grid")
-    p.add_argument("input")
-    p.add_argument("-o", "--output", required=True, help="PNG file")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("sample", parents=[loads], formatter_class=HelpFormatter, help="DDIM samples of a model as a PNG grid")
+    p.add_argument("input", help="'teacher' or a checkpoint (as for prune)")
+    p.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg)")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("demo", parents=[common], help="bundled teacher, prune 50%%, fine-tune with and without SVS, compare")
-    p.add_argument("--out", default="svs-demo", help="output folder (default: svs-demo)")
-    p.add_argument("--ratio", type=float, default=0.5, help="pruning ratio (default: 0.5)")
-    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps per variant (default: 300)")
-    p.add_argument("--eval-samples", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", parents=[common], formatter_class=HelpFormatter,
+                       help="bundled teacher, prune 50%%, fine-tune with and without SVS, compare")
+    p.add_argument("-o", "--output", default="svs-demo", help="output folder")
+    p.add_argument("--out", dest="output", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # the old spelling, deprecated
+    p.add_argument("--ratio", type=float, default=0.5, help="pruning ratio")
+    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps per variant")
+    p.add_argument("--eval-samples", type=int, default=256, help="samples per FID / SSIM evaluation")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=cmd_demo)

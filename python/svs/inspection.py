@@ -85,7 +85,8 @@ def sources(path: Path, trust_pickle: bool = False) -> List[Source]:
     """The checkpoints at ``path``: one for a file or model directory, one per weighted component
     of a diffusers pipeline folder (names prefixed ``<component>/``)."""
     from .pipeline_dir import components, is_pipeline
-    from .sharded import open_dir, read_header
+    from .safetensors_check import DTYPES, read_header
+    from .sharded import open_dir
 
     path = Path(path)
     if path.is_dir():
@@ -94,23 +95,21 @@ def sources(path: Path, trust_pickle: bool = False) -> List[Source]:
         ckpt = open_dir(path)
         return [Source(ckpt.meta(), of_directory(path, ckpt.entries), ckpt.load)]
     if path.suffix == ".safetensors":
-        from .sharded import FLOATS, OTHERS
-
         entries = read_header(path)[1]  # checks the header and the size; reads no tensor
-        meta = {n: torch.empty(e.shape, dtype=FLOATS.get(e.dtype) or OTHERS.get(e.dtype, torch.uint8), device="meta")
-                for n, e in entries.items()}
-        return [Source(meta, of_directory(path.parent, meta), lambda names: _read_safetensors(path, names))]
+        meta = {n: torch.empty(e.shape, dtype=DTYPES[e.dtype], device="meta") for n, e in entries.items()}
+        return [Source(meta, of_directory(path.parent, meta), lambda names: _read_safetensors(path, entries, names))]
     ckpt = io.load(path, trust_pickle=trust_pickle)  # a .pt file is one pickle: read whole
     tensors = ckpt.tensors()
     layouts = of_module(ckpt.obj) if isinstance(ckpt.obj, torch.nn.Module) else of_directory(path.parent, tensors)
     return [Source({n: t.to("meta") for n, t in tensors.items()}, layouts, lambda names: {n: tensors[n] for n in names})]
 
 
-def _read_safetensors(path: Path, names: List[str]) -> Dict[str, torch.Tensor]:
-    from safetensors import safe_open
+def _read_safetensors(path: Path, entries, names: List[str]) -> Dict[str, torch.Tensor]:
+    """The named tensors, by plain reads of their checked byte ranges (as svs refine reads)."""
+    from .safetensors_check import open_regular, read_tensor
 
-    with safe_open(str(path), framework="pt") as f:
-        return {n: f.get_tensor(n) for n in names}
+    with open_regular(path) as f:
+        return {n: read_tensor(f, entries[n]) for n in names}
 
 
 def selected(source: Source, preset: str, include: Optional[str], exclude: Optional[str]

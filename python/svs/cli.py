@@ -61,7 +61,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
         check_output(path, args.force, [args.input])
     ckpt = io.load(src, trust_pickle=args.trust_pickle)
     kwargs = dict(preset=args.preset, include=args.include, exclude=args.exclude, map=args.map,
-                  method=args.method, dry_run=args.dry_run, progress=not args.quiet and progress_default())
+                  method=args.method, certify=not args.no_certify, dry_run=args.dry_run, progress=not args.quiet and progress_default())
     if isinstance(ckpt.obj, torch.nn.Module):
         report = refine_model(ckpt.obj, **kwargs)
     else:
@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="directories: cpu, or cuda (under torchrun each rank's own GPU)")
     _selection_args(p)
     p.add_argument("--method", default="auto", help="decomposition route (default: auto)")
+    p.add_argument("--no-certify", action="store_true",
+                   help="skip the check of every result against its weight (README: The certificate)")
     p.add_argument("--dry-run", action="store_true", help="report what would be refined, write nothing")
     p.add_argument("--report", help="also write the report as JSON to this file")
     p.add_argument("--force", action="store_true", help="replace an existing output file")

@@ -20,6 +20,7 @@ def refine_model(
     map: str = "sqrt",
     method: str = "auto",
     eps: float = 1e-8,
+    certify: bool = True,
     dry_run: bool = False,
     stats: bool = True,
     progress: bool = False,
@@ -34,7 +35,7 @@ def refine_model(
             (synthesis network only: convs, affines, ToRGB), ``generic`` (every weight with
             ndim >= 2 and its bias).
         include / exclude: regular expressions on parameter names narrowing the preset.
-        map, method, eps: as in :func:`svs.refine`.
+        map, method, eps, certify: as in :func:`svs.refine`.
         dry_run: only report what would be refined (with the current spectra).
         stats: report the extreme singular values before and after: from the decomposition the
             refinement makes anyway (the "after" spectrum is the map applied to it), so they cost
@@ -57,7 +58,7 @@ def refine_model(
     params = dict(model.named_parameters())
     named = {n: p.detach() for n, p in params.items()}
     kwargs = dict(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps,
-                  dry_run=dry_run, stats=stats)
+                  certify=certify, dry_run=dry_run, stats=stats)
     if process_group is not None:
         new, report = refine_tensors_across(named, process_group, **kwargs)
     else:

@@ -199,6 +199,7 @@ def refine_dir(
     map: str = "sqrt",
     method: str = "auto",
     eps: float = 1e-8,
+    certify: bool = True,
     dry_run: bool = False,
     stats: bool = True,
     force: bool = False,
@@ -228,7 +229,7 @@ def refine_dir(
         refine_tensors(meta, preset=preset, include=include, exclude=exclude)  # its "selects no weight" error
     owner = assign([job_cost(meta, job) for job in jobs], ranks.world)
     kwargs = dict(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps, dry_run=dry_run,
-                  stats=stats)
+                  stats=stats, certify=certify)
     tmp = None if dry_run else Path(dst).parent / ranks.from_rank0(f".{Path(dst).name}.svs-{secrets.token_hex(4)}.tmp")
     try:
         if tmp is not None:
@@ -369,7 +370,7 @@ def cmd_refine_dir(args: Any) -> int:
     try:
         report = refine_dir(Path(args.input), None if args.dry_run else Path(args.output), preset=args.preset,
                             include=args.include, exclude=args.exclude, map=args.map, method=args.method,
-                            dry_run=args.dry_run, force=args.force, device=device, group=group,
+                            certify=not args.no_certify, dry_run=args.dry_run, force=args.force, device=device, group=group,
                             progress=not args.quiet and sys.stderr.isatty())
     finally:
         if group is not None:

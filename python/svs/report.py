@@ -97,4 +97,8 @@ class RefineReport:
             f"{t['resets']} norm parameters reset; {t['seconds']:.3f} s"
         ) + (f"; skipped {t['skipped']} (reason in the route column)" if t["skipped"] else "")
         note = "(for biases s_max/s_min' columns show ||b|| before/after)"
+        fallback = sum(r.route.startswith("fallback:") for r in self.weights)
+        if fallback:  # the CUDA kernel's result failed its certificate (README: The certificate)
+            note += (f"\n{fallback} weight(s) on route fallback:*: the GPU result failed its certificate and was "
+                     "recomputed on the exact aten route; please report it")
         return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows] + [summary, note])

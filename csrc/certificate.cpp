@@ -72,12 +72,17 @@ std::pair<at::Tensor, at::Tensor> probes(int64_t m, int64_t n, const at::TensorO
   return {x.to(options), v.to(options)};
 }
 
-// Root mean square over the q pairs of p_j . r_{q+j} - p_{q+j} . r_j (p, r: (B, len, 2q)).
+// Root mean square over the q pairs of p_j . r_{q+j} - p_{q+j} . r_j (p, r: (B, 2q, len)).
 at::Tensor asymmetry(const at::Tensor& p, const at::Tensor& r) {
-  const at::Tensor d = (p.narrow(-1, 0, kProbes) * r.narrow(-1, kProbes, kProbes)).sum(-2) -
-                       (p.narrow(-1, kProbes, kProbes) * r.narrow(-1, 0, kProbes)).sum(-2);
+  const at::Tensor d = (p.narrow(1, 0, kProbes) * r.narrow(1, kProbes, kProbes)).sum(-1) -
+                       (p.narrow(1, kProbes, kProbes) * r.narrow(1, 0, kProbes)).sum(-1);
   return d.square().mean(-1).sqrt();
 }
+
+// Matrices with an entry beyond 2^+-100 are scaled to a largest entry of 1 before squares and
+// products (the checks form fourth powers: 2^+-400 stays a normal float64); the scaling pass is
+// skipped when no matrix needs it (one host read).
+constexpr double kScaleAbove = 0x1p100, kScaleBelow = 0x1p-100;
 
 std::mutex corruption_mutex;
 std::optional<Corruption> armed;
@@ -148,31 +153,34 @@ at::Tensor certify(const at::Tensor& a, const at::Tensor& out, const at::Tensor&
   }
   auto per_matrix = [&](const std::vector<double>& v) { return at::tensor(v, at::kDouble).to(options.device()); };
 
-  // Everything is scaled by the largest entry of W (and s) or of W' (and f(s)): no square
-  // overflows or underflows, whatever the magnitude of the weights.
-  auto inverse_max = [](const at::Tensor& t) {
-    const at::Tensor x = t.abs().amax({-2, -1});
-    return at::where(x > 0, x.reciprocal(), at::ones_like(x));
+  // Where needed, everything is scaled by the largest entry of W (and s) or of W' (and f(s)): no
+  // square overflows or underflows, whatever the magnitude of the weights.
+  const at::Tensor a_max = at::linalg_vector_norm(a, INFINITY, {-2, -1}), o_max = at::linalg_vector_norm(out, INFINITY, {-2, -1});
+  auto extreme = [](const at::Tensor& x) { return (x > kScaleAbove) | ((x < kScaleBelow) & (x > 0)); };
+  const bool scaled = (extreme(a_max) | extreme(o_max)).any().item<bool>();
+  auto inverse = [&](const at::Tensor& x) {
+    return scaled ? at::where(x > 0, x.reciprocal(), at::ones_like(x)) : at::ones_like(x);
   };
-  const at::Tensor ia = inverse_max(a), io = inverse_max(out);
-  const at::Tensor as = a * ia.view({B, 1, 1}), os = out * io.view({B, 1, 1});
+  const at::Tensor ia = inverse(a_max), io = inverse(o_max);
+  const at::Tensor as = scaled ? a * ia.view({B, 1, 1}) : a, os = scaled ? out * io.view({B, 1, 1}) : out;
   const at::Tensor s_max = s.narrow(-1, 0, 1);
   const at::Tensor f = apply_map(s, s_max, s > 0, map);
   const at::Tensor ss = s * ia.unsqueeze(-1), fs = f * io.unsqueeze(-1);
 
   const at::Tensor step = k > 1 ? (s.narrow(-1, 1, k - 1) - s.narrow(-1, 0, k - 1)).amax(-1) : at::zeros({B}, options);
   const at::Tensor order = ratio(at::maximum(step.clamp_min(0), (-s).amax(-1).clamp_min(0)), s_max.squeeze(-1));
-  const at::Tensor w2 = as.square().sum({-2, -1}), s2 = ss.square().sum(-1);
-  const at::Tensor o2 = os.square().sum({-2, -1}), f2 = fs.square().sum(-1);
+  const at::Tensor w2 = at::linalg_vector_norm(as, 2, {-2, -1}).square(), s2 = ss.square().sum(-1);
+  const at::Tensor o2 = at::linalg_vector_norm(os, 2, {-2, -1}).square(), f2 = fs.square().sum(-1);
   const at::Tensor energy = relative(w2, s2), norm = relative(o2, f2);
-  const at::Tensor inner = ratio(((os * as).sum({-2, -1}) - (fs * ss).sum(-1)).abs(),
-                                 at::maximum(o2 * w2, f2 * s2).sqrt());
+  const at::Tensor dot = at::matmul(os.reshape({B, 1, m * n}), as.reshape({B, m * n, 1})).view({B});
+  const at::Tensor inner = ratio((dot - (fs * ss).sum(-1)).abs(), at::maximum(o2 * w2, f2 * s2).sqrt());
   // ||W'||_F s_max, with s_max >= ||W||_F / sqrt(k) (true of any valid s) so a wrong s cannot
   // inflate the tolerance.
   const at::Tensor scale = o2.sqrt() * at::maximum(ss.narrow(-1, 0, 1).squeeze(-1), (w2 / k).sqrt());
   const auto [x, v] = probes(m, n, options);
-  const at::Tensor left = ratio(asymmetry(at::matmul(os.mT(), x), at::matmul(as.mT(), x)), scale);
-  const at::Tensor right = ratio(asymmetry(at::matmul(as, v), at::matmul(os, v)), scale);
+  const at::Tensor xt = x.t();  // (2q, m) @ (B, m, n): no copy of the matrices
+  const at::Tensor left = ratio(asymmetry(at::matmul(xt, os), at::matmul(xt, as)), scale);
+  const at::Tensor right = ratio(asymmetry(at::matmul(as, v).mT(), at::matmul(os, v).mT()), scale);
 
   // gamma (Gram routes): s_max^2 sum (f_i / s_i)^2 / sum f_i^2, formed from ratios <= 1 / eps.
   const at::Tensor kept = s > 0;

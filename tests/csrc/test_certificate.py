@@ -141,17 +141,24 @@ def test_certify_is_cheap_to_switch_off_and_changes_nothing(seed):
 
 
 # ---- 2. no false alarm -------------------------------------------------------------------------------
-SHAPES = [(1, 1), (1, 2), (2, 1), (1, 37), (37, 1), (2, 2), (3, 50), (50, 3), (33, 33), (40, 64), (96, 16)]
+SHAPES = [(1, 1), (1, 2), (2, 1), (1, 37), (37, 1), (2, 2), (3, 50), (50, 3), (33, 33), (40, 64), (96, 16), (128, 300)]
 LOG_SCALE = {torch.float64: (-100, 100), torch.float32: (-15, 15), torch.float16: (-2, 3), torch.bfloat16: (-15, 15)}
 
 
-@settings(max_examples=300, deadline=None)
-@given(shape=st.sampled_from(SHAPES), log_kappa=st.floats(0, 12), rank=st.sampled_from([None, 1, 2, 5]),
-       dtype=st.sampled_from(DTYPES), map=st.sampled_from(MAPS), method=st.sampled_from(["auto", "svd", "gram"]),
-       unit=st.floats(0, 1), seed=st.integers(0, 2**32 - 1))
-def test_no_false_alarm(shape, log_kappa, rank, dtype, map, method, unit, seed):
-    lo, hi = LOG_SCALE[dtype]
-    w = torch.from_numpy(with_spectrum(*shape, 10**log_kappa, 10 ** (lo + unit * (hi - lo)), seed, rank)).to(dtype)
+@st.composite
+def dtype_and_scale(draw):
+    """A dtype and a magnitude within its range (float64: 1e-100 to 1e100)."""
+    dtype = draw(st.sampled_from(DTYPES))
+    return dtype, 10 ** draw(st.floats(*LOG_SCALE[dtype]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(shape=st.sampled_from(SHAPES), log_kappa=st.floats(0, 12), rank=st.sampled_from([None, 1, 2, 5, 20]),
+       dtype_scale=dtype_and_scale(), map=st.sampled_from(MAPS), method=st.sampled_from(["auto", "svd", "gram"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_no_false_alarm(shape, log_kappa, rank, dtype_scale, map, method, seed):
+    dtype, scale = dtype_scale
+    w = torch.from_numpy(with_spectrum(*shape, 10**log_kappa, scale, seed, rank)).to(dtype)
     try:
         svs.refine([w], map=map, method=method)
     except RuntimeError as err:  # a map that takes the result past the dtype's range is not an alarm
@@ -161,13 +168,16 @@ def test_no_false_alarm(shape, log_kappa, rank, dtype, map, method, unit, seed):
 @pytest.mark.parametrize("map", MAPS)
 @pytest.mark.parametrize("method", ["auto", "svd", "gram"])
 def test_no_false_alarm_at_the_extremes(map, method, seed):
-    """float64 at kappa 1e12, an exactly rank-3 matrix (rows that copy others) and float16 with
-    entries near its largest value, through every map and method."""
+    """float64 at kappa 1e12, an exactly rank-3 matrix (rows that copy others), float16 with
+    entries near its largest value, and float64 at 1e+-85 (the fourth powers the checks form
+    leave float64's range unless the matrix is scaled), through every map and method."""
     g = np.random.default_rng(seed)
     base = g.standard_normal((3, 48))
     cases = [torch.from_numpy(with_spectrum(64, 48, 1e12, 1.0, seed)),
              torch.from_numpy(np.stack([base[i % 3] * (-2.0) ** (i % 4) for i in range(20)])),
-             (torch.from_numpy(with_spectrum(16, 24, 10.0, 1.0, seed)) * 6e4 / 2).half()]
+             (torch.from_numpy(with_spectrum(16, 24, 10.0, 1.0, seed)) * 6e4 / 2).half(),
+             torch.from_numpy(with_spectrum(40, 64, 1e3, 1e-85, seed)),
+             torch.from_numpy(with_spectrum(40, 64, 1e3, 1e85, seed))]
     for w in cases:
         try:
             svs.refine([w], map=map, method=method)

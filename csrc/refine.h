@@ -120,8 +120,8 @@ Precision precision_of(at::ScalarType output, double reconstruct);
 
 // a, out: (B, m, n) float64, the weights and their results (as returned, converted to float64);
 // s: (B, k) float64, each matrix's reported singular values; routes: the RouteCode of each.
-// Returns (B, 2 * kChecks) float64 on a's device: the residual of each check, then its
-// tolerance. A matrix passes when every residual <= its tolerance (a NaN residual fails).
+// Returns (B, 2 * kChecks) float64 on the CPU: the residual of each check, then its tolerance.
+// A matrix passes when every residual <= its tolerance (a NaN residual fails). One host sync.
 at::Tensor certify(const at::Tensor& a, const at::Tensor& out, const at::Tensor& s,
                    const std::vector<int8_t>& routes, const SigmaMap& map,
                    const std::vector<Precision>& precision);

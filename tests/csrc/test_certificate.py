@@ -112,6 +112,18 @@ def test_refine_model_is_all_or_nothing_on_a_failed_certificate():
     assert not all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
+def test_cli_fails_on_a_failed_certificate_unless_told_not_to_check(tmp_path, capsys):
+    from svs.cli import main
+
+    torch.save({"a.weight": torch.randn(8, 6), "a.bias": torch.randn(8)}, tmp_path / "in.pt")
+    out = tmp_path / "out.pt"
+    torch.ops.svs._corrupt_next("reverse", 0)
+    assert main(["refine", str(tmp_path / "in.pt"), "-o", str(out), "-q"]) == 2 and not out.exists()
+    assert "parameter 'a.weight'" in capsys.readouterr().err
+    torch.ops.svs._corrupt_next("reverse", 0)
+    assert main(["refine", str(tmp_path / "in.pt"), "-o", str(out), "-q", "--no-certify"]) == 0 and out.exists()
+
+
 def scores(ws, outs, spectra, routes, map="sqrt", reconstruct=0.0):
     """svs::_certify: (residuals, tolerances), each (N, checks)."""
     r = torch.ops.svs._certify(ws, outs, spectra, routes, map, reconstruct)

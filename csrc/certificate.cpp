@@ -24,8 +24,8 @@
 // || Q g(L) Q^T E ||, E the eigen-residual of the Gram matrix ~ max(m, n) eps64 s_max^2).
 // T = kModelMargin covers the constants of those first-order models.
 //
-// The symmetry checks are random probes: q = kProbes = 2 pairs of Gaussian vectors, their residual the
-// root mean square of the q bilinear forms. For an antisymmetric error A (rank >= 2) each form
+// The symmetry checks are random probes: q = kProbes = 2 pairs of Gaussian vectors, their
+// residual the root mean square of the q bilinear forms. For an antisymmetric error A (rank >= 2) each form
 // is ||A||_F L / sqrt(2) with L at worst Laplace(1) (rank 2), so the statistic exceeds
 // t ||A||_F with t = kProbeTail = 13 with probability <= P(|L_1| + |L_2| > r) = e^-r (1 + r) at
 // r = sqrt(2q) t = 26: < 2e-10 per check. That is the false-alarm bound of a correct result (the
@@ -33,21 +33,26 @@
 // rank-deficient inputs alike; the probes are fixed per shape (a private generator: the caller's
 // random state is untouched, and a call is reproducible).
 //
-// What it cannot see: an error below its tolerance (in bfloat16 ~2e-2 relative for the norm
-// checks, ~1e-1 for the probes; float32 ~1e-6; float64 ~1e-12 on the SVD routes, looser on a Gram
-// route used past its accuracy range, method="gram" on ill-conditioned matrices), a permutation
-// or a sign change among equal singular values (the result is then the same or as valid),
-// and an error that keeps every invariant above (e.g. W' = U f(S) V^T with f replaced by another
-// map that agrees with it on this spectrum).
+// What it cannot see: an error below its tolerance (the ATen route tests its float64 result
+// before the cast, u_out = 0: ~1e-12 relative on the SVD routes in every dtype; CUDA tests the
+// returned tensor with its float32/TF32 reconstruction: ~1e-2 (norms) to 1e-1 (probes) in half
+// types, 1e-5 to 1e-3 in float32; looser on a Gram route used past its accuracy range,
+// method="gram" on ill-conditioned matrices), a permutation or a sign change among equal
+// singular values (the result is then the same or as valid), and an error that keeps every
+// invariant above (e.g. f replaced by another map that agrees with it on this spectrum).
+//
+// Cost: the spectra in host loops; each matrix and its result read by two norms, one dot product
+// and four products with a (2q)-column probe block, O(mn) per matrix, memory-bound
+// (benchmarks/results/certificate-cpu-*.md).
 #include "refine.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/record_function.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <algorithm>
 #include <limits>
 #include <map>
 #include <mutex>

@@ -39,8 +39,18 @@ enum RouteCode : int8_t {
   kRouteCudaGram,        // CUDA: Gram, XsyevBatched / Xsyevd
   kRouteCudaJacobi,      // CUDA: gesvdj
   kRouteCudaExact,       // CUDA: gesvd
+  kRouteFallbackSvd,     // CUDA: failed its certificate, recomputed by the ATen route's SVD
+  kRouteFallbackGram,    // CUDA: failed its certificate, recomputed by the ATen route's Gram
 };
 constexpr const char* kRouteNames[] = {"aten:svd",  "aten:gram",   "cuda:small", "cuda:gram-padded",
-                                       "cuda:gram", "cuda:jacobi", "cuda:svd"};
+                                       "cuda:gram", "cuda:jacobi", "cuda:svd",   "fallback:aten:svd",
+                                       "fallback:aten:gram"};
+
+// Whether a route's singular values come from eigenvalues of a Gram matrix (its error grows
+// with the condition number; the certificate's tolerance follows it).
+inline bool is_gram_route(int8_t route) {
+  return route == kRouteAtenGram || route == kRouteCudaGramPadded || route == kRouteCudaGram ||
+         route == kRouteFallbackGram;
+}
 
 }  // namespace svs

@@ -81,25 +81,80 @@ RefineSpectraResult with_spectra(RefineResult result, Spectra spectra);
 // The kernels of svs::refine and svs::refine_with_spectra of one device, from its
 // implementation (which fills `spectra` when it is not null).
 using RefineImpl = RefineResult (*)(at::TensorList, const OptionalTensorList&, c10::string_view,
-                                    double, c10::string_view, Spectra*);
+                                    double, c10::string_view, bool, Spectra*);
 template <RefineImpl impl>
 RefineResult refine_kernel(at::TensorList weights, const OptionalTensorList& biases,
-                           c10::string_view map, double eps, c10::string_view method) {
-  return impl(weights, biases, map, eps, method, nullptr);
+                           c10::string_view map, double eps, c10::string_view method, bool certify) {
+  return impl(weights, biases, map, eps, method, certify, nullptr);
 }
 template <RefineImpl impl>
 RefineSpectraResult refine_with_spectra_kernel(at::TensorList weights, const OptionalTensorList& biases,
-                                               c10::string_view map, double eps, c10::string_view method) {
+                                               c10::string_view map, double eps, c10::string_view method,
+                                               bool certify) {
   Spectra spectra(weights.size());
-  RefineResult result = impl(weights, biases, map, eps, method, &spectra);
+  RefineResult result = impl(weights, biases, map, eps, method, certify, &spectra);
   return with_spectra(std::move(result), std::move(spectra));
 }
 
+// An error message of a call on a subset of the weights, with its indices (weights[j],
+// biases[j]) turned into the caller's (weights[index[j]]).
+std::string with_caller_indices(const std::string& message, const std::vector<int64_t>& index);
+
+// ---- The certificate (csrc/certificate.cpp) -----------------------------------------------------
+// A cheap a-posteriori test of every result W' against its weight W and the singular values s
+// the route reports: s sorted and >= 0, sum s^2 = ||W||^2, sum f(s)^2 = ||W'||^2,
+// <W', W> = sum f(s) s, and W' W^T, W^T W' symmetric (random probes). certificate.cpp states
+// the tolerances, their false-alarm bound and what the test cannot see.
+
+// Names of the checks, in the order of certify()'s columns (svs::_certificate_checks).
+constexpr const char* kCheckNames[] = {"order", "energy", "norm", "inner", "left-symmetry", "right-symmetry"};
+constexpr int64_t kChecks = sizeof(kCheckNames) / sizeof(kCheckNames[0]);
+
+// The rounding a result went through, per matrix: unit roundoff and subnormal spacing of the
+// output dtype (precision_of), and the relative error of the reconstruction U f(S) V^T
+// (ATen route: (k + 2) eps64; CUDA: its float32 / TF32 factors and GEMM).
+struct Precision {
+  double unit = 0.0, tiny = 0.0, reconstruct = 0.0;
+};
+Precision precision_of(at::ScalarType output, double reconstruct);
+
+// a, out: (B, m, n) float64, the weights and their results (as returned, converted to float64);
+// s: (B, k) float64, each matrix's reported singular values; routes: the RouteCode of each.
+// Returns (B, 2 * kChecks) float64 on the CPU: the residual of each check, then its tolerance.
+// A matrix passes when every residual <= its tolerance (a NaN residual fails). One host sync.
+at::Tensor certify(const at::Tensor& a, const at::Tensor& out, const at::Tensor& s,
+                   const std::vector<int8_t>& routes, const SigmaMap& map,
+                   const std::vector<Precision>& precision);
+
+// The index of the first failing check of a row of certify()'s result (read on the host), or -1.
+int64_t failed_check(const double* row);
+// "left-symmetry residual 3.1e-01 > tolerance 2.2e-06" for that check of the row.
+std::string describe_failure(const double* row, int64_t check);
+
+// Test hook (svs::_corrupt_next, tests only): the next svs::refine call corrupts the result of
+// weights[index] the way a bug would, before its certificate: "transpose" (the result read with
+// the other layout: V f(S) U^T for a square matrix), "reverse" / "permute" (f applied to the
+// singular values reversed / rotated by one), "map" (another map), "unconverged" (right singular
+// vectors off by noise of relative size 0.3), "swap" (exchanged with the next weight of its
+// shape in the call).
+struct Corruption {
+  std::string kind;
+  int64_t index = 0;
+};
+// The armed corruption, disarming it (each refine kernel takes it once per call).
+std::optional<Corruption> take_corruption(size_t weight_count);
+// Applies c to row j of the float64 results `out` (B, m, n) of the weights `a`, whose reported
+// singular values are `s` (B, k). Returns the rows it changed.
+std::vector<int64_t> corrupt(const Corruption& c, const at::Tensor& a, at::Tensor& out, const at::Tensor& s,
+                             int64_t j, const SigmaMap& map);
+
 // The ATen route (csrc/refine_aten.cpp): device-generic float64 ATen calls, so the same code is
 // the CPU kernel and method="aten" of the CUDA kernel. method: "auto", "gram" or "svd". Fills
-// `spectra` when it is not null.
+// `spectra` when it is not null. With `certify`, every result is certified after its chunk and
+// a failure raises naming the weight; `corruption` (test hook) is applied before that.
 RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biases,
                          const SigmaMap& map, double eps, const std::string& method,
-                         Spectra* spectra = nullptr);
+                         Spectra* spectra = nullptr, bool certify = true,
+                         const std::optional<Corruption>& corruption = std::nullopt);
 
 }  // namespace svs

@@ -127,15 +127,39 @@ Refined refine_batch(const at::Tensor& a, const SigmaMap& map, const std::string
   return refined;
 }
 
+// Certifies one chunk's results (certificate.cpp): a failure raises naming the weight, so
+// nothing of the call is returned. It tests the float64 results before their cast to the output
+// dtype (a library call that rounds to nearest): no conversion pass, and a tolerance without
+// that rounding, so it sees errors down to ~1e-12 whatever the output dtype.
+void certify_chunk(const at::Tensor& a, const std::vector<at::Tensor>& outputs, const Refined& refined,
+                   const SigmaMap& map, const std::vector<int64_t>& index) {
+  const int64_t rows = a.size(1), cols = a.size(2);
+  const std::vector<Precision> precision(index.size(), Precision{0.0, 0.0, (std::min(rows, cols) + 2) * kEps64});
+  const at::Tensor routes = refined.routes.contiguous();
+  const std::vector<int8_t> codes(routes.data_ptr<int8_t>(), routes.data_ptr<int8_t>() + routes.numel());
+  const at::Tensor scores = certify(a, refined.out, refined.spectra, codes, map, precision).cpu().contiguous();
+  for (size_t j = 0; j < index.size(); ++j) {
+    const double* row = scores.data_ptr<double>() + j * 2 * kChecks;
+    const int64_t check = failed_check(row);
+    // A result past its dtype's range is check_outputs' error (it names the map), not a bug.
+    if (check < 0 || !at::isfinite(outputs[j]).all().item<bool>()) continue;
+    TORCH_CHECK(false, "svs.refine: the result for weights[", index[j], "] (", rows, "x", cols, ", route ",
+                kRouteNames[codes[j]], ") fails its certificate: ", describe_failure(row, check),
+                ". This is a bug of svs-kernels; please report it. certify=False skips the check");
+  }
+}
+
 // The CPU kernels: "aten" names this same route on every device, so it is accepted as "auto".
 RefineResult refine_cpu(at::TensorList weights, const OptionalTensorList& biases,
                         c10::string_view map_name, double eps, c10::string_view method_view,
-                        Spectra* spectra) {
+                        bool certify, Spectra* spectra) {
   const std::string method(method_view);
   check_method(c10::DeviceType::CPU, method);
   const SigmaMap map = parse_map(std::string(map_name));
   check_inputs(weights, biases, eps);
-  RefineResult result = refine_aten(weights, biases, map, eps, method == "aten" ? "auto" : method, spectra);
+  const std::optional<Corruption> corruption = take_corruption(weights.size());
+  RefineResult result = refine_aten(weights, biases, map, eps, method == "aten" ? "auto" : method, spectra,
+                                    certify, corruption);
   check_outputs(std::get<0>(result), std::string(map_name));
   return result;
 }
@@ -144,7 +168,7 @@ RefineResult refine_cpu(at::TensorList weights, const OptionalTensorList& biases
 
 RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biases,
                          const SigmaMap& map, double eps, const std::string& method,
-                         Spectra* spectra) {
+                         Spectra* spectra, bool certify, const std::optional<Corruption>& corruption) {
   std::vector<at::Tensor> out_weights(weights.size());
   for (const auto& [shape, indices] : group_by_shape(weights)) {
     const auto [rows, cols] = shape;
@@ -154,19 +178,26 @@ RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biase
       std::vector<at::Tensor> mats;
       for (size_t j = start; j < stop; ++j)
         mats.push_back(weights[indices[j]].reshape({rows, cols}).to(at::kDouble));
+      const at::Tensor a = at::stack(mats);
       Refined refined;
       try {
-        refined = refine_batch(at::stack(mats), map, method);
+        refined = refine_batch(a, map, method);
       } catch (const c10::Error& e) {
         std::string which;
         for (size_t j = start; j < stop; ++j) which += " weights[" + std::to_string(indices[j]) + "]";
         TORCH_CHECK(false, "svs.refine: decomposition failed for", which, " (", rows, "x", cols,
                     "): ", e.what_without_backtrace());
       }
-      for (size_t j = start; j < stop; ++j) {
-        const at::Tensor& w = weights[indices[j]];
-        out_weights[indices[j]] = refined.out[j - start].to(w.scalar_type()).reshape(w.sizes());
+      const std::vector<int64_t> chunk(indices.begin() + start, indices.begin() + stop);
+      for (size_t j = 0; corruption && j < chunk.size(); ++j)
+        if (chunk[j] == corruption->index) corrupt(*corruption, a, refined.out, refined.spectra, j, map);
+      std::vector<at::Tensor> outputs;
+      for (int64_t i : chunk) {
+        const at::Tensor& w = weights[i];
+        outputs.push_back(refined.out[outputs.size()].to(w.scalar_type()).reshape(w.sizes()));
       }
+      if (certify) certify_chunk(a, outputs, refined, map, chunk);
+      for (size_t j = 0; j < chunk.size(); ++j) out_weights[chunk[j]] = outputs[j];
       if (spectra != nullptr) {
         const int8_t* routes = refined.routes.data_ptr<int8_t>();  // on the CPU, contiguous
         for (size_t j = start; j < stop; ++j) {

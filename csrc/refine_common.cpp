@@ -1,5 +1,6 @@
 // Device-independent parts of svs::refine and the operator schema.
 #include "refine.h"
+#include "int_workspace.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
@@ -156,10 +157,6 @@ at::Tensor scale_bias(const at::Tensor& bias, double eps) {
   return (b / (b.norm() + eps).sqrt()).to(bias.scalar_type());
 }
 
-namespace {
-
-// An error of a call on a subset of the weights, with its indices (weights[j], biases[j]) turned
-// into the caller's (weights[index[j]]).
 std::string with_caller_indices(const std::string& message, const std::vector<int64_t>& index) {
   static const std::regex mention(R"((weights|biases)\[(\d+)\])");
   std::string out;
@@ -174,38 +171,22 @@ std::string with_caller_indices(const std::string& message, const std::vector<in
   return out;
 }
 
-// In place, one shape group at a time, so the peak extra memory is one group's result, not the
-// model's. Every input is checked before the first write; only a solver failure or an output
-// overflow can stop it part-way, after the groups before it were written (svs.refine_model uses
-// the functional op when it must be all-or-nothing).
+namespace {
+
+// In place, all or nothing: the functional op computes (and certifies) every result of the call
+// first, so an input error, a solver failure, an overflow or a failed certificate leaves every
+// tensor as it was. The price is one copy of the weights in extra memory.
 void refine_inplace(at::TensorList weights, const OptionalTensorList& biases,
-                    const std::string& map, double eps, const std::string& method) {
-  check_inputs(weights, biases, eps);
-  parse_map(map);
+                    const std::string& map, double eps, const std::string& method, bool certify) {
   static auto refine_op = c10::Dispatcher::singleton()
                               .findSchemaOrThrow("svs::refine", "")
                               .typed<RefineResult(at::TensorList, const OptionalTensorList&,
-                                                  c10::string_view, double, c10::string_view)>();
-  for (const auto& group : group_by_shape(weights)) {
-    std::vector<at::Tensor> group_weights;
-    OptionalTensorList group_biases;
-    for (int64_t i : group.second) {
-      group_weights.push_back(weights[i]);
-      group_biases.push_back(biases[i]);
-    }
-    RefineResult result;
-    try {
-      result = refine_op.call(group_weights, group_biases, map, eps, method);
-    } catch (const c10::Error& e) {
-      TORCH_CHECK(false, with_caller_indices(e.what_without_backtrace(), group.second));
-    }
-    auto& [new_weights, new_biases] = result;
-    for (size_t j = 0; j < group.second.size(); ++j) {
-      const int64_t i = group.second[j];
-      weights[i].copy_(new_weights[j]);
-      const std::optional<at::Tensor> nb = new_biases[j];
-      if (nb.has_value()) biases.get(i)->copy_(*nb);
-    }
+                                                  c10::string_view, double, c10::string_view, bool)>();
+  auto [new_weights, new_biases] = refine_op.call(weights, biases, map, eps, method, certify);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    weights[i].copy_(new_weights[i]);
+    const std::optional<at::Tensor> nb = new_biases[i];
+    if (nb.has_value()) biases.get(i)->copy_(*nb);
   }
 }
 
@@ -235,16 +216,28 @@ void reconstruct_composite(at::TensorList u, at::TensorList s, at::TensorList vh
 // Reached when no backend kernel matches: an empty list (no tensor to dispatch on) or a device
 // this build has no kernel for. Turns the dispatcher's generic message into a clear one.
 RefineResult refine_no_kernel(at::TensorList weights, const OptionalTensorList& biases,
-                              c10::string_view, double eps, c10::string_view) {
+                              c10::string_view, double eps, c10::string_view, bool) {
   check_inputs(weights, biases, eps);
   TORCH_CHECK(false, "svs.refine: this build has no kernel for ", weights[0].device().type(),
               " tensors (svs_kernels.has_cuda_kernel() tells whether CUDA was built)");
 }
 
 RefineSpectraResult refine_with_spectra_no_kernel(at::TensorList weights, const OptionalTensorList& biases,
-                                                  c10::string_view map, double eps, c10::string_view method) {
-  refine_no_kernel(weights, biases, map, eps, method);  // raises
+                                                  c10::string_view map, double eps, c10::string_view method,
+                                                  bool certify) {
+  refine_no_kernel(weights, biases, map, eps, method, certify);  // raises
   return RefineSpectraResult();
+}
+
+// Test of int_workspace_batch (int_workspace.h) on a modelled cuSOLVER size query:
+// lwork(b) = base + b * per rounded up to `align`, computed in 64 bits and wrapped to an int as
+// an overflowing int would be.
+int64_t int_workspace_batch_op(int64_t base, int64_t per, int64_t align, int64_t want) {
+  auto lwork_of = [&](int b) {
+    const int64_t exact = (base + b * per + align - 1) / align * align;
+    return static_cast<int>(static_cast<uint32_t>(static_cast<uint64_t>(exact)));
+  };
+  return int_workspace_batch(lwork_of, want);
 }
 
 std::vector<std::string> route_names() { return {std::begin(kRouteNames), std::end(kRouteNames)}; }
@@ -286,14 +279,18 @@ RefineSpectraResult with_spectra(RefineResult result, Spectra spectra) {
 TORCH_LIBRARY(svs, m) {
   m.def(
       "refine(Tensor[] weights, Tensor?[] biases, str map=\"sqrt\", float eps=1e-08, "
-      "str method=\"auto\") -> (Tensor[], Tensor?[])");
+      "str method=\"auto\", bool certify=True) -> (Tensor[], Tensor?[])");
+  // certify: test every result before it is returned (csrc/certificate.cpp); a failure is an
+  // error naming the weight on the CPU, and on CUDA a recomputation on the exact ATen route (one
+  // warning; the route "fallback:aten:*"). False skips it, for routes a user has verified.
   // refine, and what it learned per weight: spectra[i] the singular values of weights[i] flattened
   // (float64, descending, zero below the rank tolerance, on its device), routes[i] (int8, on the
   // CPU) the code of the route that computed them (names: _route_names()).
   m.def(
       "refine_with_spectra(Tensor[] weights, Tensor?[] biases, str map=\"sqrt\", float eps=1e-08, "
-      "str method=\"auto\") -> (Tensor[] weights, Tensor?[] biases, Tensor[] spectra, Tensor routes)");
+      "str method=\"auto\", bool certify=True) -> (Tensor[] weights, Tensor?[] biases, Tensor[] spectra, Tensor routes)");
   m.def("_route_names() -> str[]", &route_names);
+  m.def("_int_workspace_batch(int base, int per, int align, int want) -> int", &int_workspace_batch_op);
   // The map names by SigmaMap::Kind code, the (code, power) of one map name, and the method=
   // values of a device type: Python reads these lists instead of repeating them.
   m.def("_map_names() -> str[]", &map_names);
@@ -302,7 +299,7 @@ TORCH_LIBRARY(svs, m) {
   m.def("_map_spectrum(Tensor s, str map=\"sqrt\") -> Tensor");
   m.def(
       "refine_(Tensor(a!)[] weights, Tensor(b!)?[] biases, str map=\"sqrt\", float eps=1e-08, "
-      "str method=\"auto\") -> ()");
+      "str method=\"auto\", bool certify=True) -> ()");
   // Internal: out[i] = U_i diag(f(s_i)) Vh_i for every i, with U_i (m_i, k_i), s_i (k_i),
   // Vh_i (k_i, n_i) and out[i] a (m_i, n_i) view of the final output tensor (any float dtype).
   // f uses s_max = max(s_i); entries s == 0 map to 0 (producers zero every singular value under
@@ -313,8 +310,8 @@ TORCH_LIBRARY(svs, m) {
 
 TORCH_LIBRARY_IMPL(svs, CompositeExplicitAutograd, m) {
   m.impl("refine_", [](at::TensorList weights, const OptionalTensorList& biases,
-                       c10::string_view map, double eps, c10::string_view method) {
-    refine_inplace(weights, biases, std::string(map), eps, std::string(method));
+                       c10::string_view map, double eps, c10::string_view method, bool certify) {
+    refine_inplace(weights, biases, std::string(map), eps, std::string(method), certify);
   });
   m.impl("_reconstruct", &reconstruct_composite);
   m.impl("refine", &refine_no_kernel);

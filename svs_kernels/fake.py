@@ -11,6 +11,7 @@ def _refine_fake(
     map: str = "sqrt",
     eps: float = 1e-8,
     method: str = "auto",
+    certify: bool = True,
 ) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
     torch._check(len(weights) > 0, lambda: "svs.refine: the weights list is empty")
     torch._check(len(biases) == len(weights), lambda: "svs.refine: one bias (or None) per weight")
@@ -20,7 +21,7 @@ def _refine_fake(
 
 
 @torch.library.register_fake("svs::refine_")
-def _refine_inplace_fake(weights, biases, map="sqrt", eps=1e-8, method="auto") -> None:
+def _refine_inplace_fake(weights, biases, map="sqrt", eps=1e-8, method="auto", certify=True) -> None:
     return None
 
 
@@ -30,8 +31,8 @@ def _reconstruct_fake(u, s, vh, out, map=0, power=1.0) -> None:
 
 
 @torch.library.register_fake("svs::refine_with_spectra")
-def _refine_with_spectra_fake(weights, biases, map="sqrt", eps=1e-8, method="auto"):
-    new_weights, new_biases = _refine_fake(weights, biases, map, eps, method)
+def _refine_with_spectra_fake(weights, biases, map="sqrt", eps=1e-8, method="auto", certify=True):
+    new_weights, new_biases = _refine_fake(weights, biases, map, eps, method, certify)
     spectra = [w.new_empty((min(w.shape[0], w.numel() // max(w.shape[0], 1)),), dtype=torch.float64) for w in weights]
     # On the inputs' device (meta under shape inference), like the real kernel's route codes' shape.
     return new_weights, new_biases, spectra, torch.zeros(len(weights), dtype=torch.int8, device=weights[0].device)
@@ -40,3 +41,8 @@ def _refine_with_spectra_fake(weights, biases, map="sqrt", eps=1e-8, method="aut
 @torch.library.register_fake("svs::_map_spectrum")
 def _map_spectrum_fake(s, map="sqrt"):
     return s.new_empty(s.shape, dtype=torch.float64)
+
+
+@torch.library.register_fake("svs::_certify")
+def _certify_fake(weights, outputs, spectra, routes, map="sqrt", reconstruct=0.0):
+    return torch.empty((len(weights), 2 * len(torch.ops.svs._certificate_checks())), dtype=torch.float64)

@@ -96,7 +96,7 @@ struct Tuning {
   int64_t wave_bytes;
   // Largest batch of one gesvdjBatched / syevjBatched call (32x32 float64 each). cuSOLVER sizes
   // the whole batch's workspace as an int count of doubles, so the batch is capped further where
-  // that count provably fits (Wave::run_batched_jacobi). The small route is ONE launch up to
+  // that count fits (int_workspace.h). The small route is ONE launch up to
   // this count (tiny-batch: 100k matrices), one per chunk above it.
   int64_t max_small_batch;
 };

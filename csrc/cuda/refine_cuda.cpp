@@ -8,6 +8,9 @@
 // spread over side streams); ONE host sync per phase reads every solver's info; matrices that did
 // not converge or are outside the Gram route's accuracy range are redone exactly in a second
 // phase; one threshold launch applies the rank rule; the factors go to svs::_reconstruct.
+// After the waves every result is certified (csrc/certificate.cpp) and one that fails is
+// recomputed on the ATen route (certify_or_recompute). UNVERIFIED on a GPU: it compiles
+// (tools/check_cuda_compiles.sh); tests/csrc/test_certificate.py runs it where a GPU is present.
 #include "planner.h"
 #include "refine.h"
 #include "svs_cuda.h"
@@ -17,6 +20,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <numeric>
 #include <tuple>
 #include <utility>
@@ -78,9 +82,89 @@ OptionalTensorList scale_biases(const OptionalTensorList& biases, double eps,
   return result;
 }
 
+// Relative error of svs::_reconstruct on CUDA for an output dtype and k = min(m, n): float64
+// factors and GEMM for float64; float32 factors, the Triton GEMM's operand rounding (3xTF32 for
+// float32 outputs, TF32 for half types) and float32 accumulation otherwise
+// (svs_kernels/triton_ops/reconstruct.py states the elementwise bounds).
+double reconstruct_error(at::ScalarType out, int64_t k) {
+  const double terms = static_cast<double>(k + 2);
+  if (out == at::kDouble) return terms * kEps64;
+  const double operands = (out == at::kHalf || out == at::kBFloat16) ? std::ldexp(1.0, -10) : std::ldexp(1.0, -20);
+  return operands + terms * std::ldexp(1.0, -23);
+}
+
+// The certificate of every result, one shape group at a time and one host sync for all (after
+// applying the test hook, svs::_corrupt_next). A result that fails it is recomputed on the exact
+// ATen route (which certifies its own results and raises if one fails too); its route becomes
+// fallback:aten:*, and ONE warning names each such weight, its route and its residual.
+void certify_or_recompute(at::TensorList weights, std::vector<at::Tensor>& outputs, Spectra& spectra,
+                          const SigmaMap& map, double eps, bool check,
+                          const std::optional<Corruption>& corruption) {
+  std::vector<at::Tensor> scores;
+  std::vector<int64_t> order;  // the weight of each row of `scores`
+  for (const auto& [shape, indices] : group_by_shape(weights)) {
+    const auto [rows, cols] = shape;
+    std::vector<at::Tensor> a, out, s;
+    std::vector<int8_t> routes;
+    std::vector<Precision> precision;
+    for (int64_t i : indices) {
+      a.push_back(weights[i].reshape({rows, cols}).to(at::kDouble));
+      out.push_back(outputs[i].view({rows, cols}).to(at::kDouble));
+      s.push_back(spectra.values[i]);
+      routes.push_back(spectra.routes[i]);
+      const at::ScalarType dtype = outputs[i].scalar_type();
+      precision.push_back(precision_of(dtype, reconstruct_error(dtype, std::min(rows, cols))));
+    }
+    const at::Tensor a64 = at::stack(a), s64 = at::stack(s);
+    at::Tensor out64 = at::stack(out);
+    for (size_t j = 0; corruption && j < indices.size(); ++j) {
+      if (indices[j] != corruption->index) continue;
+      for (int64_t r : corrupt(*corruption, a64, out64, s64, static_cast<int64_t>(j), map))
+        outputs[indices[r]].view({rows, cols}).copy_(out64[r]);
+    }
+    if (!check) continue;
+    scores.push_back(certify(a64, out64, s64, routes, map, precision));
+    order.insert(order.end(), indices.begin(), indices.end());
+  }
+  if (!check) return;
+  const at::Tensor host = at::cat(scores).cpu().contiguous();  // the one host sync
+  std::vector<int64_t> failed;
+  std::string what;
+  for (size_t p = 0; p < order.size(); ++p) {
+    const double* row = host.data_ptr<double>() + p * 2 * kChecks;
+    const int64_t failing = failed_check(row);
+    if (failing < 0) continue;
+    what += std::string(failed.empty() ? "" : "; ") + "weights[" + std::to_string(order[p]) + "] (" +
+            kRouteNames[spectra.routes[order[p]]] + ", " + describe_failure(row, failing) + ")";
+    failed.push_back(order[p]);
+  }
+  if (failed.empty()) return;
+  std::vector<at::Tensor> redo;
+  OptionalTensorList no_biases;
+  for (int64_t i : failed) {
+    redo.push_back(weights[i]);
+    no_biases.push_back(std::nullopt);
+  }
+  Spectra exact(failed.size());
+  RefineResult result;
+  try {
+    result = refine_aten(redo, no_biases, map, eps, "auto", &exact, /*certify=*/true);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, with_caller_indices(e.what_without_backtrace(), failed));
+  }
+  for (size_t j = 0; j < failed.size(); ++j) {
+    outputs[failed[j]].copy_(std::get<0>(result)[j]);
+    spectra.values[failed[j]] = exact.values[j];
+    spectra.routes[failed[j]] = exact.routes[j] == kRouteAtenGram ? kRouteFallbackGram : kRouteFallbackSvd;
+  }
+  TORCH_WARN("svs.refine (CUDA): ", failed.size(), " result(s) failed the certificate and were recomputed on ",
+             "the exact aten route: ", what, ". Please report this with your GPU and CUDA version; ",
+             "method=\"aten\" skips the CUDA routes");
+}
+
 RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biases,
                          c10::string_view map_view, double eps, c10::string_view method_view,
-                         Spectra* spectra) {
+                         bool certify, Spectra* spectra) {
   const std::string map_name(map_view);
   const SigmaMap map = parse_map(map_name);  // validates; _reconstruct applies the map
   const std::string method_name(method_view);
@@ -90,14 +174,19 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
     if (method_name == name) method = value;
   }
   check_inputs(weights, biases, eps);
+  const std::optional<Corruption> corruption = take_corruption(weights.size());
 
   const at::Device device = weights[0].device();
   c10::cuda::CUDAGuard guard(device);
   if (method_name == "aten") {
-    RefineResult result = refine_aten(weights, biases, map, eps, "auto", spectra);
+    RefineResult result = refine_aten(weights, biases, map, eps, "auto", spectra, certify, corruption);
     check_outputs(std::get<0>(result), map_name);
     return result;
   }
+  // The certificate needs every matrix's singular values: kept here when the caller wants none.
+  const bool needs_spectra = certify || corruption.has_value();
+  Spectra own(spectra == nullptr && needs_spectra ? weights.size() : 0);
+  Spectra* found = spectra != nullptr ? spectra : (needs_spectra ? &own : nullptr);
 
   std::vector<Mat> mats;
   std::vector<at::Tensor> outputs;
@@ -131,7 +220,7 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
   int64_t wave_bytes = 0;
   auto flush = [&]() {
     if (wave.empty()) return;
-    sc::Wave(std::move(wave), method, device, sc::kTuning.wave_bytes - wave_bytes).run(map_name, outputs, spectra);
+    sc::Wave(std::move(wave), method, device, sc::kTuning.wave_bytes - wave_bytes).run(map_name, outputs, found);
     wave.clear();
     wave_bytes = 0;
   };
@@ -144,6 +233,7 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
   flush();
 
   check_outputs(outputs, map_name);
+  if (needs_spectra) certify_or_recompute(weights, outputs, *found, map, eps, certify, corruption);
   return {outputs, scale_biases(biases, eps, device)};
 }
 

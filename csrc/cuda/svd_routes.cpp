@@ -1,6 +1,7 @@
 // Route::Small (one gesvdjBatched for every matrix with both sides <= 32) and the per-matrix
 // SVD routes Route::Jacobi (gesvdj) and Route::Exact (gesvd), spread over side streams.
 #include "handles.h"
+#include "int_workspace.h"
 #include "wave.h"
 
 #include <climits>
@@ -8,23 +9,6 @@
 
 namespace svs {
 namespace cuda {
-namespace {
-
-// Largest batch (<= want) whose int workspace size provably fits in an int. The batched Jacobi
-// solvers return it as an int count of doubles, affine in the batch: lwork(b) = base + b * per.
-// Two queries give the line; the cap keeps it below INT_MAX, and a query at the cap must land on
-// the line (an overflowed int would not).
-int64_t int_workspace_batch(const std::function<int(int)>& lwork_of, int64_t want) {
-  const int64_t one = lwork_of(1), two = lwork_of(2);
-  const int64_t per = two - one, base = one - per;
-  if (per <= 0) return want;  // the workspace does not grow with the batch
-  int64_t cap = std::max<int64_t>(1, std::min<int64_t>(want, (INT_MAX - base) / per));
-  while (cap > 2 && lwork_of(static_cast<int>(cap)) != base + cap * per) cap /= 2;
-  return cap;
-}
-
-}  // namespace
-
 void Wave::run_batched_jacobi(int64_t batch, const char* name, const JacobiSize& size,
                               const JacobiRun& run) {
   SolverHandle handle(device_.index(), stream());

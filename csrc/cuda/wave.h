@@ -114,7 +114,7 @@ class Wave {
   void run_route(Route route, const std::vector<int>& ids, int* info, int* ill);
   void run_small(const std::vector<int>& ids, int* info);
   // A batched Jacobi solver (gesvdjBatched, syevjBatched) over `batch` 32x32 matrices, in chunks
-  // whose int workspace size provably fits: size(handle, count, &lwork) queries,
+  // whose int workspace size fits (int_workspace.h): size(handle, count, &lwork) queries,
   // run(handle, first, count, work, lwork) solves matrices [first, first + count).
   using JacobiSize = std::function<Status(cusolverDnHandle_t, int, int*)>;
   using JacobiRun = std::function<Status(cusolverDnHandle_t, int64_t, int, double*, int)>;

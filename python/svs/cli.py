@@ -78,7 +78,7 @@ def _refine_file(args: argparse.Namespace, src: Path, dst: Optional[Path], repor
         ckpt.obj = ckpt.obj.to(device) if isinstance(ckpt.obj, torch.nn.Module) else {
             k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in ckpt.obj.items()}
     kwargs = dict(preset=args.preset, include=args.include, exclude=args.exclude, map=args.map,
-                  method=args.method, dry_run=args.dry_run, progress=not args.quiet and progress_default())
+                  method=args.method, certify=not args.no_certify, dry_run=args.dry_run, progress=not args.quiet and progress_default())
     if isinstance(ckpt.obj, torch.nn.Module):
         report = refine_model(ckpt.obj, **kwargs)
     else:
@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     methods = {d: method_names(d) for d in ("cpu", "cuda")}
     p.add_argument("--method", default="auto", help="decomposition route; " + "; ".join(
         f"on {d}: {', '.join(m)}" for d, m in methods.items() if m))
+    p.add_argument("--no-certify", action="store_true",
+                   help="skip the check of every result against its weight (README: The certificate)")
     p.add_argument("--dry-run", action="store_true", help="report what would be refined, write nothing")
     p.add_argument("--report", help="also write the report as JSON to this file")
     p.add_argument("--force", action="store_true", help="replace an existing output file")

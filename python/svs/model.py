@@ -22,6 +22,7 @@ def refine_model(
     map: str = "sqrt",
     method: str = "auto",
     eps: float = 1e-8,
+    certify: bool = True,
     dry_run: bool = False,
     stats: bool = True,
     progress: bool = False,
@@ -38,7 +39,7 @@ def refine_model(
             embeddings, the head, norms or MoE routers). Every preset leaves PEFT's ``lora_*``
             adapters alone (and refines their ``base_layer``).
         include / exclude: regular expressions on parameter names narrowing the preset.
-        map, method, eps: as in :func:`svs.refine`.
+        map, method, eps, certify: as in :func:`svs.refine`.
         dry_run: only report what would be refined (with the current spectra).
         stats: report the extreme singular values before and after: from the decomposition the
             refinement makes anyway (the "after" spectrum is the map applied to it), so they cost
@@ -68,7 +69,7 @@ def refine_model(
     named, fold = expand({n: p.detach() for n, p in params.items()}, of_module(model))
     _check_loaded(named, preset, include, exclude)
     kwargs = dict(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps,
-                  dry_run=dry_run, stats=stats)
+                  certify=certify, dry_run=dry_run, stats=stats)
     if process_group is not None:
         new, report = refine_tensors_across(named, process_group, **kwargs)
     else:

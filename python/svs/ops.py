@@ -75,6 +75,7 @@ def refine(
     map: str = "sqrt",
     eps: float = 1e-8,
     method: str = "auto",
+    certify: bool = True,
 ) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
     """Singular Value Scaling of many weights in one call; the inputs are not modified.
 
@@ -93,6 +94,11 @@ def refine(
         method: decomposition route; ``auto`` picks one per matrix. :func:`method_names` lists
             a device's; ``aten`` runs the CPU kernel's float64 ATen route on any device (on CUDA:
             the exact fallback).
+        certify: test every result against its weight before returning it (cheap: a few
+            matrix-vector products per matrix; README "The certificate"). A failure is a
+            ``RuntimeError`` naming the weight on the CPU; on CUDA that matrix is recomputed on
+            the exact ``aten`` route, with one warning. ``False`` skips it, for a route you have
+            verified.
 
     Returns:
         ``(new_weights, new_biases)`` in the input shapes and dtypes, new tensors that do not
@@ -102,11 +108,12 @@ def refine(
         TypeError, ValueError: wrong arguments (see :func:`check_args`).
         ValueError: also a ``method`` the device lacks (raised by the operator).
         RuntimeError: NaN/Inf in an input, a solver failure, a result past the dtype's range
-            (e.g. ``square`` of large float16 weights).
+            (e.g. ``square`` of large float16 weights), a result that fails its certificate
+            (a bug of this library; CPU).
     """
     weights, biases = check_args(weights, biases, map, eps)
     with torch.no_grad():
-        return torch.ops.svs.refine(weights, biases, map, eps, method)
+        return torch.ops.svs.refine(weights, biases, map, eps, method, bool(certify))
 
 
 def refine_with_spectra(
@@ -116,14 +123,16 @@ def refine_with_spectra(
     map: str = "sqrt",
     eps: float = 1e-8,
     method: str = "auto",
+    certify: bool = True,
 ) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]], List[torch.Tensor], List[str]]:
     """:func:`refine`, plus what the operator learned per weight at no extra decomposition: its
     singular values (float64, descending, zero below the rank tolerance, on its device) and the
-    name of the route that computed them (e.g. ``aten:gram``, ``cuda:small``). The spectrum of
-    the refined weight follows from them: :func:`map_spectrum`."""
+    name of the route that computed them (e.g. ``aten:gram``, ``cuda:small``;
+    ``fallback:aten:svd`` for a CUDA result that failed its certificate and was recomputed). The
+    spectrum of the refined weight follows from them: :func:`map_spectrum`."""
     weights, biases = check_args(weights, biases, map, eps)
     with torch.no_grad():
-        new_w, new_b, spectra, codes = torch.ops.svs.refine_with_spectra(weights, biases, map, eps, method)
+        new_w, new_b, spectra, codes = torch.ops.svs.refine_with_spectra(weights, biases, map, eps, method, bool(certify))
     names = route_names()
     return new_w, new_b, spectra, [names[c] for c in codes.tolist()]
 
@@ -152,13 +161,11 @@ def refine_(
     map: str = "sqrt",
     eps: float = 1e-8,
     method: str = "auto",
+    certify: bool = True,
 ) -> None:
-    """In-place :func:`refine`, one shape group at a time so it needs little extra memory.
-
-    Every input is validated before the first write; a solver failure or a result past the dtype's
-    range (``RuntimeError`` naming the weight) stops it after the shape groups before it were
-    written. For all-or-nothing semantics on a model use
-    :func:`svs.refine_model`, which uses the functional operator. As for torch's own in-place
+    """In-place :func:`refine`, all or nothing: every result is computed and certified before
+    the first write, so on any error (``RuntimeError`` naming the weight) no tensor is changed.
+    It needs one copy of the weights in extra memory. As for torch's own in-place
     ops, a tensor that requires grad is refused while grad mode is on; under ``torch.no_grad()``
     (as optimizers update parameters) it is changed in place and autograd does not see it.
     """
@@ -174,7 +181,7 @@ def refine_(
                         "call it under torch.no_grad() (as an optimizer step does) or on tensor.detach()"
                     )
     with torch.no_grad():
-        torch.ops.svs.refine_(weights, biases, map, eps, method)
+        torch.ops.svs.refine_(weights, biases, map, eps, method, bool(certify))
 
 
 def _check_disjoint(named: List[Tuple[str, torch.Tensor]]) -> None:

@@ -103,6 +103,10 @@ class RefineReport:
         line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
         note = "(for biases s_max/s_min' columns show ||b|| before/after)"
         summary = self.summary()
+        fallback = sum(r.route.startswith("fallback:") for r in self.weights)
+        if fallback:  # the CUDA kernel's result failed its certificate (README: The certificate)
+            note += (f"\n{_count(fallback, 'weight')} on route fallback:*: the GPU result failed its certificate and was "
+                     "recomputed on the exact aten route; please report it")
         left = [f"left alone: {len(names)} {reason} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''})"
                 for reason, names in self.left_alone.items()]
         return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows] + [summary, note] + left)

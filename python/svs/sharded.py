@@ -173,6 +173,7 @@ def refine_dir(
     map: str = "sqrt",
     method: str = "auto",
     eps: float = 1e-8,
+    certify: bool = True,
     dry_run: bool = False,
     stats: bool = True,
     force: bool = False,
@@ -195,7 +196,7 @@ def refine_dir(
     src = Path(src)
     if is_pipeline(src):  # a diffusers pipeline folder: each component, as a directory of its own
         return refine_pipeline(src, dst, preset=preset, include=include, exclude=exclude, map=map, method=method,
-                               eps=eps, dry_run=dry_run, stats=stats, force=force, device=device, group=group,
+                               eps=eps, certify=certify, dry_run=dry_run, stats=stats, force=force, device=device, group=group,
                                progress=progress)
     ranks = Ranks.of(group)
     ckpt = open_dir(src)
@@ -211,7 +212,7 @@ def refine_dir(
         refine_tensors(meta, preset=preset, include=include, exclude=exclude)  # its "selects no weight" error
     owner = assign([job_cost(meta, job) for job in jobs], ranks.world)
     kwargs = dict(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps, dry_run=dry_run,
-                  stats=stats)
+                  stats=stats, certify=certify)
     if report_path is not None:
         report_path = resolve_output(report_path)
     tmp = None if dry_run else ranks.from_rank0(temp_path(dst))
@@ -444,7 +445,7 @@ def cmd_refine_dir(args: Any) -> int:
     try:
         report = refine_dir(Path(args.input), output, preset=args.preset,
                             include=args.include, exclude=args.exclude, map=args.map, method=args.method,
-                            dry_run=args.dry_run, force=args.force, device=device, group=group,
+                            certify=not args.no_certify, dry_run=args.dry_run, force=args.force, device=device, group=group,
                             progress=not args.quiet and sys.stderr.isatty(),
                             report_path=args.report and Path(args.report))
     finally:

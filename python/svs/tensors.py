@@ -29,6 +29,7 @@ def refine_tensors(
     map: str = "sqrt",
     method: str = "auto",
     eps: float = 1e-8,
+    certify: bool = True,
     dry_run: bool = False,
     stats: bool = True,
     progress: bool = False,
@@ -58,7 +59,8 @@ def refine_tensors(
         if dry_run:
             new, spectra, routes = {}, singular_values([named[n] for n in weights], bar.update) if stats else None, {}
         else:
-            new, spectra, routes = _refined(named, roles, weights, bias_of, bar.update, stats, map=map, eps=eps, method=method)
+            new, spectra, routes = _refined(named, roles, weights, bias_of, bar.update, stats, map=map, eps=eps, method=method,
+                                              certify=certify)
         seconds = time.perf_counter() - start
     if spectra is None:
         before = after = [None] * len(weights)

@@ -114,6 +114,19 @@ at::Tensor inner_products(const at::Tensor& x, const at::Tensor& y) {
 // within sqrt(mn) of the spectral norm); the scaling pass is skipped when no matrix needs it
 // (one host read).
 constexpr double kScaleAbove = 0x1p100, kScaleBelow = 0x1p-100;
+constexpr double kSpacing64 = 0x1p-1074;  // float64's smallest subnormal: its grid's spacing near 0
+
+// A bound on |s f'(s) / f(s)|, how much a relative change of s moves f(s) (relative): the degree
+// of the homogeneous maps; 1 for log1p (s / ((1 + s) log1p(s)) <= 1) and, where s is subnormal,
+// abslog (1 / |log s| < 1).
+double map_condition(const SigmaMap& map) {
+  switch (map.kind) {
+    case SigmaMap::Kind::Power: return std::max(1.0, std::abs(map.power));
+    case SigmaMap::Kind::Square: return 2.0;
+    case SigmaMap::Kind::Ones: return 0.0;
+    default: return 1.0;
+  }
+}
 
 std::mutex corruption_mutex;
 std::optional<Corruption> armed;
@@ -184,7 +197,16 @@ at::Tensor certify(const at::Tensor& a, const at::Tensor& out, const at::Tensor&
   // must have), so that no square or product overflows or underflows whatever the magnitude of
   // the weights. Scales taken from s cost no pass over the matrices; a wrong s can make a
   // product overflow, and the resulting inf or NaN fails the certificate, as a wrong s should.
-  std::vector<double> s_max(B), f_max(B), ia(B, 1.0), io(B, 1.0);
+  // Each scale 2^-e is kept as two factors 2^-e1 2^-(e-e1), both representable for every e a
+  // float64 can have (a subnormal s_max needs 2^1074, past float64's range as one number).
+  std::vector<double> s_max(B), f_max(B), ia(B, 1.0), ia2(B, 1.0), io(B, 1.0), io2(B, 1.0);
+  auto halves = [](double x, double& h1, double& h2) {  // h1 h2 = 2^-e, x = m 2^e, m in [0.5, 1)
+    if (!(x > 0) || !std::isfinite(x)) return;
+    int e = 0;
+    std::frexp(x, &e);
+    h1 = std::ldexp(1.0, -e / 2);
+    h2 = std::ldexp(1.0, -e + e / 2);
+  };
   bool scaled = false;
   auto extreme = [](double x) { return !std::isfinite(x) || x > kScaleAbove || (x > 0 && x < kScaleBelow); };
   for (int64_t b = 0; b < B; ++b) {
@@ -193,14 +215,15 @@ at::Tensor certify(const at::Tensor& a, const at::Tensor& out, const at::Tensor&
     scaled = scaled || extreme(s_max[b]) || extreme(f_max[b]);
   }
   for (int64_t b = 0; scaled && b < B; ++b) {
-    ia[b] = s_max[b] > 0 ? 1.0 / s_max[b] : 1.0;
-    io[b] = f_max[b] > 0 ? 1.0 / f_max[b] : 1.0;
+    halves(s_max[b], ia[b], ia2[b]);
+    halves(f_max[b], io[b], io2[b]);
   }
   // The matrices, read by two norms, one dot product and four products with a thin probe block.
   at::Tensor as = a, os = out;
   if (scaled) {
-    as = a * at::tensor(ia, at::kDouble).to(a.device()).view({B, 1, 1});
-    os = out * at::tensor(io, at::kDouble).to(a.device()).view({B, 1, 1});
+    auto factor = [&](const std::vector<double>& h) { return at::tensor(h, at::kDouble).to(a.device()).view({B, 1, 1}); };
+    as = a * factor(ia) * factor(ia2);
+    os = out * factor(io) * factor(io2);
   }
   const auto [x, v] = probes(m, n, a.options());
   const at::Tensor xt = x.t();  // (2q, m) @ (B, m, n): no copy of the matrices
@@ -218,10 +241,11 @@ at::Tensor certify(const at::Tensor& a, const at::Tensor& out, const at::Tensor&
   double* row = result.data_ptr<double>();
   for (int64_t b = 0; b < B; ++b, row += 2 * kChecks) {
     const double *sb = sp + b * k, *fb = fp + b * k;
-    double disorder = 0, s2 = 0, f2 = 0, fs_dot = 0, wr2 = 0, w2 = 0;
+    double disorder = 0, s2 = 0, f2 = 0, fs_dot = 0, wr2 = 0, w2 = 0, spaced = 0;
     for (int64_t i = 0; i < k; ++i) {
       disorder = max_nan(disorder, max_nan(-sb[i], i > 0 ? sb[i] - sb[i - 1] : 0.0));
-      const double ss = sb[i] * ia[b], fs = fb[i] * io[b];
+      if (sb[i] > 0) spaced = std::max(spaced, kSpacing64 / (2 * sb[i]));
+      const double ss = sb[i] * ia[b] * ia2[b], fs = fb[i] * io[b] * io2[b];
       s2 += ss * ss;
       f2 += fs * fs;
       fs_dot += fs * ss;
@@ -237,14 +261,19 @@ at::Tensor certify(const at::Tensor& a, const at::Tensor& out, const at::Tensor&
     const double rho = N * kEps64 * (gamma + std::sqrt(k * gamma));
     const double e = precision[b].unit + precision[b].reconstruct + kModelMargin * rho +
                      ratio(precision[b].tiny * std::sqrt(static_cast<double>(m * n)),
-                           max_nan(o_norm, std::sqrt(f2)) / io[b]);
+                           max_nan(o_norm, std::sqrt(f2)) / io[b] / io2[b]);
     // ||W'||_F s_max, with s_max >= ||W||_F / sqrt(k) (true of any valid s) so a wrong s cannot
     // inflate the tolerance.
-    const double sym_scale = o_norm * max_nan(s_max[b] * ia[b], w_norm / std::sqrt(static_cast<double>(k)));
+    const double sym_scale = o_norm * max_nan(s_max[b] * ia[b] * ia2[b], w_norm / std::sqrt(static_cast<double>(k)));
     const double residuals[kChecks] = {ratio(disorder, s_max[b]), relative(wf2, s2), relative(o2, f2),
                                        ratio(std::abs(dot - fs_dot), std::sqrt(max_nan(o2 * wf2, f2 * s2))),
                                        ratio(d[5 * b + 3], sym_scale), ratio(d[5 * b + 4], sym_scale)};
-    const double tolerances[kChecks] = {N * kEps64, 2 * kModelMargin * k * N * kEps64, 2 * e + e * e, e,
+    // spaced: the relative rounding of the reported s to float64's grid near zero (2^-1074 apart),
+    // negligible unless s is subnormal (weights near 1e-310); it moves s^2 by 2 spaced and f(s)
+    // by map_condition spaced (relative), so the energy, norm and inner checks allow for it.
+    const double c_f = map_condition(map);
+    const double tolerances[kChecks] = {N * kEps64, 2 * kModelMargin * k * N * kEps64 + 2 * spaced,
+                                        2 * e + e * e + 2 * c_f * spaced, e + (1 + c_f) * spaced,
                                         kProbeTail * 2 * e, kProbeTail * 2 * e};
     std::copy(residuals, residuals + kChecks, row);
     std::copy(tolerances, tolerances + kChecks, row + kChecks);

@@ -40,12 +40,19 @@ at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& k) {
   return x * pow2(half) * pow2(k - half);
 }
 
+// Entries within 2^+-kUnscaledRange need no scaling: the Gram matrix (squares summed over fewer
+// than 2^31 terms) and every map's result stay far inside float64's range (2^+-1022), so the common
+// case skips the scaling passes.
+constexpr int64_t kUnscaledRange = 200;
+
 // An even exponent k (..., 1, 1) with max |a_ij| in [2^(k-2), 2^k) per matrix (0 for a zero
-// matrix). The routes decompose a * 2^-k and unscale, as LAPACK's SVD scales: the Gram matrix of a
-// float64 matrix near 1e-200 or 1e+200 would underflow to zero or overflow to inf. Even, so that
-// sqrt scales back by an exact power of two.
-at::Tensor scale_exponent(const at::Tensor& a) {
+// matrix), or none when every matrix of the batch is within 2^+-kUnscaledRange. The routes
+// decompose a * 2^-k and unscale, as LAPACK's SVD scales: the Gram matrix of a float64 matrix near
+// 1e-200 or 1e+200 would underflow to zero or overflow to inf. Even, so that sqrt scales back by
+// an exact power of two.
+std::optional<at::Tensor> scale_exponent(const at::Tensor& a) {
   const at::Tensor k = std::get<1>(at::frexp(a.abs().amax({-2, -1}, /*keepdim=*/true))).to(at::kLong);
+  if (k.numel() == 0 || k.abs().max().item<int64_t>() <= kUnscaledRange) return std::nullopt;
   return k + at::remainder(k, 2);
 }
 
@@ -74,23 +81,23 @@ at::Tensor unscale_output(const at::Tensor& out, const at::Tensor& k, double d) 
 }
 
 Refined refine_svd(const at::Tensor& a_in, const SigmaMap& map) {
-  const at::Tensor k = scale_exponent(a_in);
-  const at::Tensor a = times_pow2(a_in, -k);
+  const std::optional<at::Tensor> k = scale_exponent(a_in);
+  const at::Tensor a = k ? times_pow2(a_in, -*k) : a_in;
   auto [u, s_scaled, vh] = at::linalg_svd(a, /*full_matrices=*/false);
-  const at::Tensor s = times_pow2(s_scaled, k.squeeze(-1));
+  const at::Tensor s = k ? times_pow2(s_scaled, k->squeeze(-1)) : s_scaled;
   // The rank test in the scaled domain: s may overflow.
   const at::Tensor keep = s_scaled > s_scaled.narrow(-1, 0, 1) * rank_tolerance(a.size(-2), a.size(-1), kEps64);
   const std::optional<double> degree = map_degree(map);
   const at::Tensor& s_map = degree ? s_scaled : s;
   const at::Tensor out = at::matmul(u * apply_map(s_map, s_map.narrow(-1, 0, 1), keep, map).unsqueeze(-2), vh);
-  return {degree ? unscale_output(out, k, *degree) : out, at::where(keep, s, at::zeros_like(s)),
+  return {degree && k ? unscale_output(out, *k, *degree) : out, at::where(keep, s, at::zeros_like(s)),
           at::full({a.size(0)}, kRouteAtenSvd, at::kChar)};
 }
 
 // Also returns, per matrix, whether its conditioning is within the Gram route's accuracy range.
 std::pair<Refined, at::Tensor> refine_gram(const at::Tensor& a_in, const SigmaMap& map) {
-  const at::Tensor k = scale_exponent(a_in);
-  const at::Tensor a = times_pow2(a_in, -k);  // W' below is linear in a: g uses the scaled s
+  const std::optional<at::Tensor> k = scale_exponent(a_in);
+  const at::Tensor a = k ? times_pow2(a_in, -*k) : a_in;  // W' below is linear in a: g uses the scaled s
   const bool wide = a.size(-2) <= a.size(-1);
   const at::Tensor at_ = a.mT();
   auto [l, q] = at::linalg_eigh(wide ? at::matmul(a, at_) : at::matmul(at_, a));
@@ -98,7 +105,7 @@ std::pair<Refined, at::Tensor> refine_gram(const at::Tensor& a_in, const SigmaMa
   const at::Tensor well_conditioned =
       (l.narrow(-1, 0, 1) * kGramMaxEigenRatio >= l_max).squeeze(-1);
   const at::Tensor s_scaled = l.clamp_min(0).sqrt();
-  const at::Tensor s = times_pow2(s_scaled, k.squeeze(-1));
+  const at::Tensor s = k ? times_pow2(s_scaled, k->squeeze(-1)) : s_scaled;
   const at::Tensor keep =
       s_scaled > s_scaled.narrow(-1, s.size(-1) - 1, 1) * gram_rank_tolerance(a.size(-2), a.size(-1));
   const std::optional<double> degree = map_degree(map);
@@ -108,7 +115,7 @@ std::pair<Refined, at::Tensor> refine_gram(const at::Tensor& a_in, const SigmaMa
                            .unsqueeze(-2);
   const at::Tensor qt = q.mT();
   at::Tensor out = wide ? at::matmul(q * g, at::matmul(qt, a)) : at::matmul(at::matmul(a, q) * g, qt);
-  if (degree) out = unscale_output(out, k, *degree);
+  if (degree && k) out = unscale_output(out, *k, *degree);
   return {{out, at::where(keep, s, at::zeros_like(s)).flip(-1), at::full({a.size(0)}, kRouteAtenGram, at::kChar)},
           well_conditioned};
 }

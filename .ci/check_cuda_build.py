@@ -44,6 +44,10 @@ OPERATORS = {
     "svs::_reconstruct_plan": "composite",
     "svs::_gemm_config": "composite",
     "svs::_launch_layout": "composite",
+    "svs::_certify": "composite",
+    "svs::_certificate_checks": "composite",
+    "svs::_corrupt_next": "composite",
+    "svs::_int_workspace_batch": "composite",
 }
 WHEEL_LIBS = ("libcusolver.so", "libcublas.so")
 

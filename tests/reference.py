@@ -1,6 +1,9 @@
 """What several test modules share: the float64 references every accuracy test compares against
 (written from the definition of SVS, independently of the kernels), the comparison with its stated
-tolerance per dtype, and a pickle that proves whether code from a file ran."""
+tolerance per dtype, a pickle that proves whether code from a file ran, and whether Triton's
+interpreter can run here."""
+import functools
+
 import numpy as np
 import torch
 
@@ -71,3 +74,33 @@ class Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+@functools.lru_cache(maxsize=None)
+def triton_interpreter_problem():
+    """Why Triton's interpreter cannot run these kernels here, or None. Triton 3.6's interpreter
+    turns a loaded scalar into a Python int with int(ndarray), which numpy >= 2.3 refuses for arrays
+    of one element ("only 0-dimensional arrays can be converted to Python scalars"): the GPU image
+    (triton 3.6.0, numpy 2.5.2) and its CI mirror hit it; there the kernels run compiled on a GPU
+    instead, and the main CI environment (triton 3.9, numpy 2.4) runs them interpreted. Probed by
+    running the construct, not by comparing versions."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def probe(n_ptr, out_ptr):
+        total = 0
+        for i in range(tl.load(n_ptr)):  # a loaded scalar as a loop bound: __index__
+            total += i
+        tl.store(out_ptr, total)
+
+    n, out = torch.tensor([3], dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    try:
+        probe[(1,)](n, out)
+    except Exception as e:  # noqa: BLE001 - the interpreter's failure is the answer
+        import numpy
+
+        return (f"Triton {triton.__version__}'s interpreter fails with numpy {numpy.__version__} "
+                f"({type(e).__name__}: {e}); these kernels run compiled on a GPU, and interpreted in "
+                "the main CI environment")
+    return None if out.item() == 3 else f"Triton's interpreter computed {out.item()} for 0 + 1 + 2"

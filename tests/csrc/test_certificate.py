@@ -22,7 +22,7 @@ from torch import nn
 
 import svs
 import svs_kernels
-from tests.reference import TOL, assert_matches, rel_err, reference_refine
+from tests.reference import TOL, assert_matches, rel_err, reference_refine, triton_interpreter_problem
 
 KINDS = ["transpose", "reverse", "permute", "map", "unconverged", "swap"]
 MAPS = ["sqrt", "log1p", "abslog", "power:0.3", "power:-0.5", "power:-2", "ones", "spectral", "square", "identity"]
@@ -208,6 +208,10 @@ def _triton():
 
     if not torch.cuda.is_available() and not common.interpreting():
         return None, "no CUDA and triton was imported without TRITON_INTERPRET=1"
+    if common.interpreting():
+        problem = triton_interpreter_problem()
+        if problem:
+            return None, problem
     return R, None
 
 

@@ -24,9 +24,8 @@ import torch
 
 import svs_kernels  # noqa: F401  (registers torch.ops.svs.*)
 from svs_kernels import triton_ops as svs_triton
-from svs_kernels.triton_ops import parse_map
-
-from svs_kernels.triton_ops import _layout
+from svs_kernels.triton_ops import _layout, parse_map
+from tests.reference import triton_interpreter_problem
 
 if svs_triton.available():
     from svs_kernels.triton_ops import common, gemm, stage
@@ -39,34 +38,6 @@ else:
     _INTERP = False
 
 
-def _interpreter_problem():
-    """Why Triton's interpreter cannot run these kernels here, or None. Triton 3.6's interpreter
-    turns a loaded scalar into a Python int with int(ndarray), which numpy >= 2.3 refuses for arrays
-    of one element ("only 0-dimensional arrays can be converted to Python scalars"): the GPU image
-    (triton 3.6.0, numpy 2.5.2) and its CI mirror hit it; there the kernels run compiled on a GPU
-    instead, and the main CI environment (triton 3.9, numpy 2.4) runs them interpreted. Probed by
-    running the construct, not by comparing versions."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def probe(n_ptr, out_ptr):
-        total = 0
-        for i in range(tl.load(n_ptr)):  # a loaded scalar as a loop bound: __index__
-            total += i
-        tl.store(out_ptr, total)
-
-    n, out = torch.tensor([3], dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
-    try:
-        probe[(1,)](n, out)
-    except Exception as e:  # noqa: BLE001 - the interpreter's failure is the answer
-        import numpy
-
-        return (f"Triton {triton.__version__}'s interpreter fails with numpy {numpy.__version__} "
-                f"({type(e).__name__}: {e}); these kernels run compiled on a GPU, and interpreted in "
-                "the main CI environment")
-    return None if out.item() == 3 else f"Triton's interpreter computed {out.item()} for 0 + 1 + 2"
-
 
 _REASON = None
 if R is None:
@@ -74,7 +45,7 @@ if R is None:
 elif not torch.cuda.is_available() and not _INTERP:
     _REASON = "no CUDA and triton was imported without TRITON_INTERPRET=1 (set it before triton is imported)"
 elif _INTERP:
-    _REASON = _interpreter_problem()
+    _REASON = triton_interpreter_problem()
 needs_triton = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or _INTERP, reason="needs CUDA, compiled Triton")
 

@@ -30,6 +30,7 @@ from .model import check_device, refine_model, refine_state_dict
 from .ops import MAPS, _is_map, method_names
 from .tensors import RefineError, _progress_bar
 from .plots import plot_spectra
+from .report import counted
 from .presets import PRESETS
 
 
@@ -135,7 +136,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.plot:
         curves = {f"as refined ({map_})": after} if refined else {"before": before, f"after SVS ({map_})": after}
         io.atomic_write(args.plot, lambda tmp: plot_spectra(
-            curves, tmp, title=f"{src.name}: singular values of {len(stats)} weight{'s' if len(stats) != 1 else ''}"))
+            curves, tmp, title=f"{src.name}: singular values of {counted(len(stats), 'weight')}"))
         print(f"wrote {args.plot}")
     return 0
 

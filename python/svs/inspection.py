@@ -28,6 +28,7 @@ import torch
 from . import io
 from .layouts import Layout, expand, of_directory, of_module
 from .presets import Role, select
+from .report import counted
 from .tensors import skip_unusable
 
 # The paper's pattern: a few dominant singular values, about this many times the smallest.
@@ -85,7 +86,7 @@ def sources(path: Path, trust_pickle: bool = False) -> List[Source]:
     """The checkpoints at ``path``: one for a file or model directory, one per weighted component
     of a diffusers pipeline folder (names prefixed ``<component>/``)."""
     from .pipeline_dir import components, is_pipeline
-    from .safetensors_check import DTYPES, read_header
+    from .safetensors_check import DTYPES, read_header, read_tensors
     from .sharded import open_dir
 
     path = Path(path)
@@ -97,19 +98,12 @@ def sources(path: Path, trust_pickle: bool = False) -> List[Source]:
     if path.suffix == ".safetensors":
         entries = read_header(path)[1]  # checks the header and the size; reads no tensor
         meta = {n: torch.empty(e.shape, dtype=DTYPES[e.dtype], device="meta") for n, e in entries.items()}
-        return [Source(meta, of_directory(path.parent, meta), lambda names: _read_safetensors(path, entries, names))]
+        return [Source(meta, of_directory(path.parent, meta), lambda names: read_tensors(path, entries, names))]
     ckpt = io.load(path, trust_pickle=trust_pickle)  # a .pt file is one pickle: read whole
     tensors = ckpt.tensors()
     layouts = of_module(ckpt.obj) if isinstance(ckpt.obj, torch.nn.Module) else of_directory(path.parent, tensors)
     return [Source({n: t.to("meta") for n, t in tensors.items()}, layouts, lambda names: {n: tensors[n] for n in names})]
 
-
-def _read_safetensors(path: Path, entries, names: List[str]) -> Dict[str, torch.Tensor]:
-    """The named tensors, by plain reads of their checked byte ranges (as svs refine reads)."""
-    from .safetensors_check import open_regular, read_tensor
-
-    with open_regular(path) as f:
-        return {n: read_tensor(f, entries[n]) for n in names}
 
 
 def selected(source: Source, preset: str, include: Optional[str], exclude: Optional[str]
@@ -151,7 +145,7 @@ def describe(stats: Sequence[WeightStats], refined: bool, map: str) -> List[str]
 
     kappas, shares = finite(s.kappa for s in stats), finite(s.share for s in stats)
     after_k, after_s = finite(s.kappa_after for s in stats), finite(s.share_after for s in stats)
-    lines = [f"{len(stats)} weight{'s' if len(stats) != 1 else ''}; median [10th, 90th percentile]:"]
+    lines = [f"{counted(len(stats), 'weight')}; median [10th, 90th percentile]:"]
     if kappas:
         lines.append(f"  before SVS: kappa {spread(kappas)}" + (f", top share {spread(shares)}" if shares else
                                                                  " (from svs_refine.json, which has no top share)"))

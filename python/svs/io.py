@@ -68,16 +68,12 @@ def load(path: PathLike, trust_pickle: bool = False) -> Checkpoint:
         raise CheckpointError(f"{path} is not a regular file (a FIFO, device or socket)")
     open(path, "rb").close()  # the OS's own error for a folder, no permission
     if path.suffix == ".safetensors":
-        from .safetensors_check import open_regular, read_header, read_tensor
+        from .safetensors_check import read_header, read_tensors
 
         _, entries, raw = read_header(path)  # the whole header against the file, naming the tensor at fault
         metadata = json.loads(raw).get("__metadata__")  # written back as it was
-
-        def read() -> Dict[str, torch.Tensor]:  # plain reads, not mmap: a file cut short meanwhile is an error, not SIGBUS
-            with open_regular(path) as f:
-                return {name: read_tensor(f, entries[name]) for name in sorted(entries)}  # safetensors' order
-
-        return Checkpoint("safetensors", interruptible(read), metadata)
+        tensors = interruptible(lambda: read_tensors(path, entries, sorted(entries)))  # safetensors' order
+        return Checkpoint("safetensors", tensors, metadata)
     try:
         obj = interruptible(lambda: torch.load(path, map_location="cpu", weights_only=True))
     except OSError:

@@ -84,9 +84,9 @@ class RefineReport:
         t = self.totals()
         verb = "would refine" if self.dry_run else "refined"
         return (
-            f"SVS map={self.map} method={self.method} device={self.device}: {verb} {_count(t['weights'], 'weight')} "
-            f"({_count(t['shapes'], 'shape')}) and {_count(t['biases'], 'bias', 'biases')}, "
-            f"{_count(t['params_refined'], 'parameter')}; {_count(t['resets'], 'norm parameter')} reset; {t['seconds']:.3f} s"
+            f"SVS map={self.map} method={self.method} device={self.device}: {verb} {counted(t['weights'], 'weight')} "
+            f"({counted(t['shapes'], 'shape')}) and {counted(t['biases'], 'bias', 'biases')}, "
+            f"{counted(t['params_refined'], 'parameter')}; {counted(t['resets'], 'norm parameter')} reset; {t['seconds']:.3f} s"
         ) + (f"; skipped {t['skipped']} (reason in the route column)" if t["skipped"] else "")
 
     def __str__(self) -> str:
@@ -105,13 +105,13 @@ class RefineReport:
         summary = self.summary()
         fallback = sum(r.route.startswith("fallback:") for r in self.weights)
         if fallback:  # the CUDA kernel's result failed its certificate (README: The certificate)
-            note += (f"\n{_count(fallback, 'weight')} on route fallback:*: the GPU result failed its certificate and was "
+            note += (f"\n{counted(fallback, 'weight')} on route fallback:*: the GPU result failed its certificate and was "
                      "recomputed on the exact aten route; please report it")
         left = [f"left alone: {len(names)} {reason} ({', '.join(names[:2])}{', ...' if len(names) > 2 else ''})"
                 for reason, names in self.left_alone.items()]
         return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows] + [summary, note] + left)
 
 
-def _count(n: int, one: str, many: str = "") -> str:
+def counted(n: int, one: str, many: str = "") -> str:
     """``n`` and the noun, singular for 1: ``1 weight``, ``2 weights``, ``1,024 parameters``."""
     return f"{n:,} {one if n == 1 else many or one + 's'}"

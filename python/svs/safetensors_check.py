@@ -16,7 +16,7 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO, Dict, Tuple
+from typing import BinaryIO, Dict, Iterable, Tuple
 
 import torch
 
@@ -128,11 +128,19 @@ def open_regular(path: Path) -> BinaryIO:
     """``path`` opened for reading if it is a regular file (or a symlink to one); a FIFO, device
     or socket is a :class:`~svs.io.CheckpointError` (opened without blocking, so a FIFO with no
     writer cannot hang the run). ``OSError`` as ``open()`` would."""
-    f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
+    f = open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK))  # f.name: the path, for errors
     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         f.close()
         raise CheckpointError(f"{path} is not a regular file (a FIFO, device or socket)")
     return f
+
+
+def read_tensors(path: Path, entries: Dict[str, Entry], names: Iterable[str]) -> Dict[str, torch.Tensor]:
+    """The named tensors of the checked file ``path`` (its entries from :func:`read_header`), in
+    the order of ``names``, by plain reads (not mmap: a file cut short meanwhile is an error, not
+    SIGBUS)."""
+    with open_regular(path) as f:
+        return {name: read_tensor(f, entries[name]) for name in names}
 
 
 def read_tensor(f: BinaryIO, entry: Entry) -> torch.Tensor:

@@ -34,7 +34,7 @@ from . import __version__
 from .distributed import Ranks, assign, job_cost, merge_reports, plan
 from .cli_common import resolve_output
 from .io import CheckpointError, atomic_write, claim, rename_noreplace, temp_path
-from .safetensors_check import DTYPES, Entry, json_type, open_regular, read_header, read_tensor, unique_keys
+from .safetensors_check import DTYPES, Entry, json_type, open_regular, read_header, read_tensors, unique_keys
 from .interrupt import interruptible
 from .layouts import Layout, expand, of_directory
 from .pipeline_dir import is_pipeline, refine_pipeline
@@ -70,10 +70,7 @@ class ShardedCheckpoint:
         than its checked header is a :class:`~svs.io.CheckpointError`)."""
         out: Dict[str, torch.Tensor] = {}
         for shard in dict.fromkeys(self.entries[n].shard for n in names):
-            with open(self.root / shard, "rb") as f:
-                for n in names:
-                    if self.entries[n].shard == shard:
-                        out[n] = read_tensor(f, self.entries[n])
+            out.update(read_tensors(self.root / shard, self.entries, [n for n in names if self.entries[n].shard == shard]))
         return {n: out[n] for n in names}
 
 

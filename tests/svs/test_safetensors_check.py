@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from svs.io import CheckpointError
-from svs.safetensors_check import DTYPES, read_header, read_tensor
+from svs.safetensors_check import DTYPES, read_header, read_tensor, read_tensors
 
 
 def raw_file(path, header, data: bytes, length=None):
@@ -95,8 +95,8 @@ def test_a_file_truncated_after_the_check_is_one_error(tmp_path):
     save_file({"a": torch.ones(64), "b": torch.ones(64)}, str(path))
     _, entries, _ = read_header(path)
     path.write_bytes(path.read_bytes()[:-100])
-    with open(path, "rb") as f, pytest.raises(CheckpointError, match=f"{path} changed while it was read"):
-        read_tensor(f, entries["b"])
+    with pytest.raises(CheckpointError, match=f"{path} changed while it was read"):
+        read_tensors(path, entries, ["a", "b"])  # as every reader does: through open_regular
 
 
 def test_not_a_regular_file(tmp_path):

@@ -6,6 +6,7 @@ process_group=)`` (rank 0 saves its parameters to RESULT), then the directory SR
 ``svs refine`` (the CLI under torchrun). MODE ``nan``: SRC has a NaN weight; each rank writes the
 error it raised to RESULT.rank<N>.
 """
+import os
 import signal
 import sys
 from pathlib import Path
@@ -61,3 +62,8 @@ def main(mode: str, src: Path, out: Path, result: Path) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+    # Done, group destroyed: leave without interpreter teardown, where a gloo rank sometimes
+    # aborted ("terminate called without an active exception", exit -6) after all its work.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -48,6 +48,8 @@ OPERATORS = {
     "svs::_certificate_checks": "composite",
     "svs::_corrupt_next": "composite",
     "svs::_int_workspace_batch": "composite",
+    "svs::_gram32": "composite",
+    "svs::_cpu_spread_max_side": "composite",
 }
 WHEEL_LIBS = ("libcusolver.so", "libcublas.so")
 

@@ -15,8 +15,10 @@
 #include "precision.h"
 #include "refine.h"
 
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -25,6 +27,13 @@ namespace svs {
 namespace {
 
 constexpr int64_t kChunkElements = int64_t{1} << 26;  // 512 MiB of float64 per batched call
+
+// CPU: chunks whose short side is at most this run one per thread (refine_aten), where LAPACK's
+// own threading does not pay. svs::_cpu_spread_max_side changes it (benchmarks, tests); 0 turns
+// spreading off.
+constexpr int64_t kCpuSpreadMaxSide = 512;
+std::atomic<int64_t> spread_side{kCpuSpreadMaxSide};
+int64_t spread_max_side() { return spread_side.load(); }
 
 // A refined batch, the singular values of each matrix (descending, zero below the rank
 // tolerance) and the RouteCode of each.
@@ -126,13 +135,12 @@ std::pair<Refined, at::Tensor> refine_gram(const at::Tensor& a_in, const SigmaMa
 
 // The float32 Gram route (precision.h) of a batch a (B, m, n) float64 whose entries are in
 // gram32_in_range. W' = P M (or M P) with P = Q g(L) Q^T: 2k^3 + 2k^2 max(m, n) flops for the
-// product instead of 4k^2 max(m, n). Also returns, per matrix, whether its error bound is within
-// the budget of the output dtype `output`.
-std::pair<Refined, at::Tensor> refine_gram32(const at::Tensor& a64, const SigmaMap& map, at::ScalarType output) {
+// product instead of 4k^2 max(m, n). Also returns each matrix's error bound (gram32_error_bound).
+std::pair<Refined, at::Tensor> refine_gram32(const at::Tensor& a64, const SigmaMap& map) {
   const at::Tensor a = a64.to(at::kFloat);
   const bool wide = a.size(-2) <= a.size(-1);
   auto [l, q] = at::linalg_eigh(wide ? at::matmul(a, a.mT()) : at::matmul(a.mT(), a));
-  const at::Tensor within = gram32_within_budget(l, map, output);
+  const at::Tensor bound = gram32_error_bound(l, map);
   const int64_t k = l.size(-1);
   const at::Tensor s = l.clamp_min(0).sqrt();
   const at::Tensor keep = s > 0;  // every value of a matrix within budget (precision.h)
@@ -141,7 +149,7 @@ std::pair<Refined, at::Tensor> refine_gram32(const at::Tensor& a64, const SigmaM
   const at::Tensor out = wide ? at::matmul(p, a) : at::matmul(a, p);
   return {{out.to(at::kDouble), at::where(keep, s, at::zeros_like(s)).to(at::kDouble).flip(-1),
            at::full({a.size(0)}, kRouteAtenGram32, at::kChar)},
-          within};
+          bound};
 }
 
 // Rows `rows` of `into` replaced by `part`'s (rows on a's device).
@@ -167,7 +175,8 @@ Refined refine_batch(const at::Tensor& a, const SigmaMap& map, const std::string
   if (method != "auto" || !float32_eligible(output)) return refine_batch64(a, map, method);
   const at::Tensor fast = gram32_in_range(a).nonzero().squeeze(-1);
   if (fast.numel() == 0) return refine_batch64(a, map, method);
-  auto [refined, within] = refine_gram32(a.index_select(0, fast), map, output);
+  auto [refined, bound] = refine_gram32(a.index_select(0, fast), map);
+  const at::Tensor within = bound <= kFloat32Budget * unit_roundoff(output);
   if (fast.numel() == a.size(0) && within.all().item<bool>()) return refined;
   at::Tensor kept = at::zeros({a.size(0)}, within.options());
   kept.index_put_({fast}, within);
@@ -220,6 +229,70 @@ void certify_chunk(const at::Tensor& a, const std::vector<at::Tensor>& outputs, 
   }
 }
 
+// Weights of one shape and dtype decomposed by one batched call: at most kChunkElements entries
+// (of float64) together, and on the CPU a group of small matrices is cut into one piece per
+// thread so that the pieces can run side by side.
+struct Chunk {
+  int64_t rows, cols;
+  at::ScalarType output;
+  std::vector<int64_t> indices;
+  double cost;  // k^2 max(m, n) per matrix, summed: the order of the flops of either route
+};
+using Chunks = std::vector<Chunk>;
+
+// The chunks of a call, largest first.
+Chunks plan_chunks(at::TensorList weights) {
+  Chunks chunks;
+  const int64_t threads = weights[0].is_cpu() ? at::get_num_threads() : 1;
+  for (const auto& [shape, indices] : group_by_shape_and_dtype(weights)) {
+    const auto [rows, cols] = shape;
+    const int64_t count = static_cast<int64_t>(indices.size());
+    int64_t per_chunk = std::max<int64_t>(1, kChunkElements / (rows * cols));
+    if (std::min(rows, cols) <= spread_max_side()) per_chunk = std::min(per_chunk, (count + threads - 1) / threads);
+    const double k = static_cast<double>(std::min(rows, cols)), cost = k * k * std::max(rows, cols);
+    for (int64_t start = 0; start < count; start += per_chunk) {
+      const int64_t stop = std::min(count, start + per_chunk);
+      chunks.push_back({rows, cols, weights[indices[0]].scalar_type(),
+                        std::vector<int64_t>(indices.begin() + start, indices.begin() + stop), cost * (stop - start)});
+    }
+  }
+  std::stable_sort(chunks.begin(), chunks.end(), [](const Chunk& x, const Chunk& y) { return x.cost > y.cost; });
+  return chunks;
+}
+
+// Decomposes, certifies and stores (out_weights, spectra: each chunk writes its own indices) one chunk.
+void refine_chunk(const Chunk& c, at::TensorList weights, const SigmaMap& map, const std::string& method,
+                  Spectra* spectra, bool certify, const std::optional<Corruption>& corruption,
+                  std::vector<at::Tensor>& out_weights) {
+  std::vector<at::Tensor> mats;
+  for (int64_t i : c.indices) mats.push_back(weights[i].reshape({c.rows, c.cols}).to(at::kDouble));
+  const at::Tensor a = at::stack(mats);
+  Refined refined;
+  try {
+    refined = refine_batch(a, map, method, c.output);
+  } catch (const c10::Error& e) {
+    std::string which;
+    for (int64_t i : c.indices) which += " weights[" + std::to_string(i) + "]";
+    TORCH_CHECK(false, "svs.refine: decomposition failed for", which, " (", c.rows, "x", c.cols,
+                "): ", e.what_without_backtrace());
+  }
+  for (size_t j = 0; corruption && j < c.indices.size(); ++j)
+    if (c.indices[j] == corruption->index) corrupt(*corruption, a, refined.out, refined.spectra, j, map);
+  std::vector<at::Tensor> outputs;
+  for (int64_t i : c.indices) {
+    const at::Tensor& w = weights[i];
+    outputs.push_back(refined.out[outputs.size()].to(w.scalar_type()).reshape(w.sizes()));
+  }
+  if (certify) certify_chunk(a, outputs, refined, map, c.indices);
+  const int8_t* routes = refined.routes.data_ptr<int8_t>();  // on the CPU, contiguous
+  for (size_t j = 0; j < c.indices.size(); ++j) {
+    out_weights[c.indices[j]] = outputs[j];
+    if (spectra == nullptr) continue;
+    spectra->values[c.indices[j]] = refined.spectra[j];
+    spectra->routes[c.indices[j]] = routes[j];
+  }
+}
+
 // The CPU kernels: "aten" names this same route on every device, so it is accepted as "auto".
 RefineResult refine_cpu(at::TensorList weights, const OptionalTensorList& biases,
                         c10::string_view map_name, double eps, c10::string_view method_view,
@@ -241,44 +314,22 @@ RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biase
                          const SigmaMap& map, double eps, const std::string& method,
                          Spectra* spectra, bool certify, const std::optional<Corruption>& corruption) {
   std::vector<at::Tensor> out_weights(weights.size());
-  for (const auto& [shape, indices] : group_by_shape_and_dtype(weights)) {
-    const auto [rows, cols] = shape;
-    const at::ScalarType output = weights[indices[0]].scalar_type();
-    const int64_t per_chunk = std::max<int64_t>(1, kChunkElements / (rows * cols));
-    for (size_t start = 0; start < indices.size(); start += per_chunk) {
-      const size_t stop = std::min(indices.size(), start + static_cast<size_t>(per_chunk));
-      std::vector<at::Tensor> mats;
-      for (size_t j = start; j < stop; ++j)
-        mats.push_back(weights[indices[j]].reshape({rows, cols}).to(at::kDouble));
-      const at::Tensor a = at::stack(mats);
-      Refined refined;
-      try {
-        refined = refine_batch(a, map, method, output);
-      } catch (const c10::Error& e) {
-        std::string which;
-        for (size_t j = start; j < stop; ++j) which += " weights[" + std::to_string(indices[j]) + "]";
-        TORCH_CHECK(false, "svs.refine: decomposition failed for", which, " (", rows, "x", cols,
-                    "): ", e.what_without_backtrace());
-      }
-      const std::vector<int64_t> chunk(indices.begin() + start, indices.begin() + stop);
-      for (size_t j = 0; corruption && j < chunk.size(); ++j)
-        if (chunk[j] == corruption->index) corrupt(*corruption, a, refined.out, refined.spectra, j, map);
-      std::vector<at::Tensor> outputs;
-      for (int64_t i : chunk) {
-        const at::Tensor& w = weights[i];
-        outputs.push_back(refined.out[outputs.size()].to(w.scalar_type()).reshape(w.sizes()));
-      }
-      if (certify) certify_chunk(a, outputs, refined, map, chunk);
-      for (size_t j = 0; j < chunk.size(); ++j) out_weights[chunk[j]] = outputs[j];
-      if (spectra != nullptr) {
-        const int8_t* routes = refined.routes.data_ptr<int8_t>();  // on the CPU, contiguous
-        for (size_t j = start; j < stop; ++j) {
-          spectra->values[indices[j]] = refined.spectra[j - start];
-          spectra->routes[indices[j]] = routes[j - start];
-        }
-      }
-    }
+  const Chunks chunks = plan_chunks(weights);
+  auto run = [&](const Chunk& c) { refine_chunk(c, weights, map, method, spectra, certify, corruption, out_weights); };
+  // On the CPU, the chunks whose short side is at most the spread limit run one per thread, each
+  // with single-threaded LAPACK and BLAS (at::parallel_for's nested calls run serially), largest
+  // first from a shared queue; the larger ones before them, one at a time, LAPACK's threading
+  // being worth more there. CUDA tensors (method="aten") run one chunk at a time.
+  const int64_t side = weights[0].is_cpu() && at::get_num_threads() > 1 ? spread_max_side() : 0;
+  std::vector<const Chunk*> spread;
+  for (const Chunk& c : chunks) {
+    if (std::min(c.rows, c.cols) > side) run(c);
+    else spread.push_back(&c);
   }
+  std::atomic<size_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), spread.size()), 1, [&](int64_t, int64_t) {
+    for (size_t j = next++; j < spread.size(); j = next++) run(*spread[j]);
+  });
   OptionalTensorList out_biases;
   for (size_t i = 0; i < biases.size(); ++i) {
     const std::optional<at::Tensor> b = biases[i];
@@ -286,6 +337,28 @@ RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biase
                                        : std::nullopt);
   }
   return {out_weights, out_biases};
+}
+
+namespace {
+
+// Test hook of the precision plan: the float32 Gram route's results (float32) and error bounds
+// (float64) of the matrices a (B, m, n) (any float dtype, entries in range, any device), and
+// kFloat32Budget.
+std::tuple<at::Tensor, at::Tensor, double> gram32_op(const at::Tensor& a, c10::string_view map_name) {
+  TORCH_CHECK_VALUE(a.dim() == 3 && a.numel() > 0 && at::isFloatingType(a.scalar_type()),
+                    "svs._gram32: expected a non-empty (B, m, n) float tensor, got shape ", a.sizes());
+  auto [refined, bound] = refine_gram32(a.to(at::kDouble), parse_map(std::string(map_name)));
+  return {refined.out.to(at::kFloat), bound, kFloat32Budget};
+}
+
+// Sets the CPU spread limit (kCpuSpreadMaxSide) when side >= 0; returns the one in force before.
+int64_t cpu_spread_max_side_op(int64_t side) { return side >= 0 ? spread_side.exchange(side) : spread_side.load(); }
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(svs, m) {
+  m.def("_gram32(Tensor a, str map=\"sqrt\") -> (Tensor out, Tensor bound, float budget)", &gram32_op);
+  m.def("_cpu_spread_max_side(int side=-1) -> int", &cpu_spread_max_side_op);
 }
 
 TORCH_LIBRARY_IMPL(svs, CPU, m) {

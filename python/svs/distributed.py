@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 
+from .options import RefineOptions
 from .tensors import RefineError, refine_tensors, skip_unusable
 from .presets import Role, paired_weight, select
 from .report import RefineReport
@@ -168,7 +169,7 @@ def merge_reports(parts: Sequence[RefineReport], order: Sequence[str], template:
 
 
 def refine_tensors_across(
-    named: Dict[str, torch.Tensor], group: Any, **kwargs: Any
+    named: Dict[str, torch.Tensor], group: Any, options: RefineOptions
 ) -> Tuple[Dict[str, torch.Tensor], RefineReport]:
     """:func:`svs.tensors.refine_tensors` with the weights split over the ranks of ``group``; every
     rank returns all new values (each refined on its owner and broadcast from there) and the whole
@@ -176,9 +177,9 @@ def refine_tensors_across(
     import torch.distributed as dist
 
     ranks = Ranks.of(group)
-    jobs, skipped = plan(named, kwargs.get("preset", "generic"), kwargs.get("include"), kwargs.get("exclude"))
+    jobs, skipped = plan(named, options.preset, options.include, options.exclude)
     if not jobs:  # the same error as one process gives
-        return refine_tensors(named, **kwargs)
+        return refine_tensors(named, options)
     owner = assign([job_cost(named, job) for job in jobs], ranks.world)
     start = time.perf_counter()
 
@@ -187,14 +188,14 @@ def refine_tensors_across(
         parts: List[RefineReport] = []
         for job, rank in zip(jobs, owner):
             if rank == ranks.rank:
-                new, report = refine_tensors({n: named[n] for n in job}, **kwargs)
+                new, report = refine_tensors({n: named[n] for n in job}, options)
                 mine.update(new)
                 parts.append(report)
         return mine, parts
 
     mine, parts = ranks.together(my_share)
     new = {}
-    if not kwargs.get("dry_run"):
+    if not options.dry_run:
         for job, rank in zip(jobs, owner):
             for name in job:
                 if name in skipped:

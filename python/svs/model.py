@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .layouts import Layout, expand, of_module
+from .options import DEFAULTS, RefineOptions
 from .distributed import refine_tensors_across
 from .presets import Role, select
 from .report import RefineReport
@@ -16,16 +17,16 @@ from .tensors import refine_tensors
 
 def refine_model(
     model: nn.Module,
-    preset: str = "generic",
-    include: Optional[str] = None,
-    exclude: Optional[str] = None,
-    map: str = "sqrt",
-    method: str = "auto",
-    eps: float = 1e-8,
-    certify: bool = True,
-    dry_run: bool = False,
-    stats: bool = True,
-    progress: bool = False,
+    preset: str = DEFAULTS.preset,
+    include: Optional[str] = DEFAULTS.include,
+    exclude: Optional[str] = DEFAULTS.exclude,
+    map: str = DEFAULTS.map,
+    method: str = DEFAULTS.method,
+    eps: float = DEFAULTS.eps,
+    certify: bool = DEFAULTS.certify,
+    dry_run: bool = DEFAULTS.dry_run,
+    stats: bool = DEFAULTS.stats,
+    progress: bool = DEFAULTS.progress,
     process_group: Optional[Any] = None,
 ) -> RefineReport:
     """Applies Singular Value Scaling to ``model`` in place and returns a report.
@@ -67,13 +68,13 @@ def refine_model(
     """
     params = dict(model.named_parameters())
     named, fold = expand({n: p.detach() for n, p in params.items()}, of_module(model))
-    _check_loaded(named, preset, include, exclude)
-    kwargs = dict(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps,
-                  certify=certify, dry_run=dry_run, stats=stats)
+    options = RefineOptions(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps,
+                            certify=certify, dry_run=dry_run, stats=stats, progress=progress)
+    _check_loaded(named, options)
     if process_group is not None:
-        new, report = refine_tensors_across(named, process_group, **kwargs)
+        new, report = refine_tensors_across(named, process_group, options)
     else:
-        new, report = refine_tensors(named, progress=progress, **kwargs)
+        new, report = refine_tensors(named, options)
     new = fold(new)
     with torch.no_grad():
         for name, value in new.items():
@@ -88,19 +89,20 @@ def refine_state_dict(
     refined are shared with ``state``; values that are not tensors are kept as they are) and the
     report. A state dict has no modules, so every weight is taken as ``(out, in...)`` unless
     ``layouts`` says otherwise (``svs.layouts.of_module(model)`` of the model it came from).
-    Keyword arguments as for refine_model."""
+    Keyword arguments as for refine_model (without ``process_group``)."""
+    options = RefineOptions(**kwargs)
     tensors, fold = expand({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, layouts or [])
-    _check_loaded(tensors, kwargs.get("preset", "generic"), kwargs.get("include"), kwargs.get("exclude"))
-    new, report = refine_tensors(tensors, **kwargs)
+    _check_loaded(tensors, options)
+    new, report = refine_tensors(tensors, options)
     return {**state, **fold(new)}, report
 
 
-def _check_loaded(named: Dict[str, torch.Tensor], preset: str, include: Optional[str], exclude: Optional[str]) -> None:
+def _check_loaded(named: Dict[str, torch.Tensor], options: RefineOptions) -> None:
     """Refuses a selected tensor on the meta device (``init_empty_weights``, or a parameter
     accelerate offloaded to disk): its values are not in memory, so there is nothing to refine."""
     if not any(t.is_meta for t in named.values()):
         return
-    for name, role in select(named, preset, include, exclude).items():
+    for name, role in select(named, options.preset, options.include, options.exclude).items():
         if role is not Role.SKIP and named[name].is_meta:
             raise ValueError(
                 f"parameter {name!r} is on the meta device: its values are not loaded (init_empty_weights, or "

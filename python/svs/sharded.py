@@ -37,6 +37,7 @@ from .io import CheckpointError, atomic_write, claim, rename_noreplace, temp_pat
 from .safetensors_check import DTYPES, Entry, json_type, open_regular, read_header, read_tensors, unique_keys
 from .interrupt import interruptible
 from .layouts import Layout, expand, of_directory
+from .options import RefineOptions
 from .pipeline_dir import is_pipeline, refine_pipeline
 from .tensors import _progress_bar, by_reason, refine_tensors
 from .presets import Role, select, select_with_reasons
@@ -164,25 +165,16 @@ def refine_dir(
     src: Path,
     dst: Optional[Path],
     *,
-    preset: str = "generic",
-    include: Optional[str] = None,
-    exclude: Optional[str] = None,
-    map: str = "sqrt",
-    method: str = "auto",
-    eps: float = 1e-8,
-    certify: bool = True,
-    dry_run: bool = False,
-    stats: bool = True,
     force: bool = False,
     device: str = "cpu",
     group: Any = None,
-    progress: bool = False,
     report_path: Optional[Path] = None,
+    **options: Any,
 ) -> RefineReport:
     """Refines the checkpoint directory ``src`` into ``dst`` (nothing written when ``dry_run``).
 
-    ``stats``: record the extreme singular values before and after (from the refinement's own
-    decomposition, as in :func:`svs.refine_model`; a dry run measures "before" with ``svdvals``).
+    ``options``: the fields of :class:`~svs.options.RefineOptions`, as for :func:`svs.refine_model`
+    (``stats``: from the refinement's own decomposition; a dry run measures "before" with ``svdvals``).
     ``group``: a ``torch.distributed`` process group whose ranks all call this with the same
     arguments; each refines its share of the matrices on ``device``. ``report_path``: also write
     the report there as JSON, put in place with OUT_DIR (both or neither). Returns the whole report on
@@ -190,11 +182,10 @@ def refine_dir(
     or tensor), ``ValueError`` for a bad output or selection, :class:`~svs.RefineError` when a
     tensor cannot be refined; OUT_DIR is then not created (nor its temporary folder left).
     """
-    src = Path(src)
+    src, opts = Path(src), RefineOptions(**options)
+    preset, include, exclude, dry_run = opts.preset, opts.include, opts.exclude, opts.dry_run
     if is_pipeline(src):  # a diffusers pipeline folder: each component, as a directory of its own
-        return refine_pipeline(src, dst, preset=preset, include=include, exclude=exclude, map=map, method=method,
-                               eps=eps, certify=certify, dry_run=dry_run, stats=stats, force=force, device=device, group=group,
-                               progress=progress)
+        return refine_pipeline(src, dst, opts, force=force, device=device, group=group)
     ranks = Ranks.of(group)
     ckpt = open_dir(src)
     if not dry_run:
@@ -206,10 +197,8 @@ def refine_dir(
     _check_dtypes(ckpt, select(meta, preset, include, exclude))
     jobs, skipped = plan(meta, preset, include, exclude)
     if not jobs:
-        refine_tensors(meta, preset=preset, include=include, exclude=exclude)  # its "selects no weight" error
+        refine_tensors(meta, opts)  # its "selects no weight" error
     owner = assign([job_cost(meta, job) for job in jobs], ranks.world)
-    kwargs = dict(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps, dry_run=dry_run,
-                  stats=stats, certify=certify)
     if report_path is not None:
         report_path = resolve_output(report_path)
     tmp = None if dry_run else ranks.from_rank0(temp_path(dst))
@@ -224,8 +213,8 @@ def refine_dir(
         matrices = sum(meta[n].ndim >= 2 and n not in skipped for job in mine for n in job)
 
         def my_share() -> List[RefineReport]:
-            with _progress_bar(matrices, progress and ranks.rank == 0) as bar:
-                return [_refine_job(ckpt, job, tmp, device, kwargs, bar.update, found) for job in mine]
+            with _progress_bar(matrices, opts.progress and ranks.rank == 0) as bar:
+                return [_refine_job(ckpt, job, tmp, device, opts, bar.update, found) for job in mine]
 
         parts = ranks.together(my_share)
         all_parts = [p for ps in ranks.gather(parts) for p in ps]
@@ -233,7 +222,7 @@ def refine_dir(
         report = merge_reports(all_parts, list(ckpt.entries), all_parts[0], seconds)
         report.left_alone = by_reason(select_with_reasons(meta, preset, include, exclude)[1])
         if tmp is not None:
-            ranks.together(lambda: ranks.rank == 0 and _finish(ckpt, tmp, dst, force, report, kwargs, ranks.world,
+            ranks.together(lambda: ranks.rank == 0 and _finish(ckpt, tmp, dst, force, report, opts, ranks.world,
                                                                 report_path))
         elif report_path is not None and ranks.rank == 0:
             atomic_write(report_path, lambda t: Path(t).write_text(json.dumps(report.to_dict(), indent=1)), force)
@@ -249,13 +238,13 @@ def refine_dir(
 
 
 def _refine_job(ckpt: ShardedCheckpoint, job: List[str], tmp: Optional[Path], device: str,
-                kwargs: Dict[str, Any], on_done: Callable[[int], Any], found: List[Layout]) -> RefineReport:
+                options: RefineOptions, on_done: Callable[[int], Any], found: List[Layout]) -> RefineReport:
     """One refine call: loads the job's tensors, refines them, writes them into ``tmp``."""
     # The read goes to svs.interrupt's worker: a Ctrl-C landing inside safetensors' conversion of
     # a tensor surfaced as an unrelated error ("could not determine the shape of ... UntypedStorage").
     loaded = interruptible(lambda: ckpt.load(job))
     views, fold = expand({n: t.to(device) for n, t in loaded.items()}, found)
-    new, report = refine_tensors(views, **kwargs)
+    new, report = refine_tensors(views, options)
     for name, value in fold(new).items():
         _write_tensor(tmp, ckpt.entries[name], value)
     on_done(len(report.weights))
@@ -360,7 +349,7 @@ def _write_tensor(tmp: Optional[Path], entry: Entry, value: torch.Tensor) -> Non
         f.write(data)
 
 
-def _finish(ckpt: ShardedCheckpoint, tmp: Path, dst: Path, force: bool, report: RefineReport, kwargs: Dict[str, Any],
+def _finish(ckpt: ShardedCheckpoint, tmp: Path, dst: Path, force: bool, report: RefineReport, options: RefineOptions,
             world: int, report_path: Optional[Path]) -> None:
     """Writes the index and the record into ``tmp`` (and the report beside ``report_path``), then
     puts ``tmp`` in the place of ``dst`` and the report in its place: both or neither; without
@@ -372,7 +361,7 @@ def _finish(ckpt: ShardedCheckpoint, tmp: Path, dst: Path, force: bool, report: 
         (tmp / ckpt.index).write_text(json.dumps(index, indent=2) + "\n")
     record = {"svs_version": __version__, "torch": torch.__version__, "source": ckpt.root.resolve().name,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "processes": world,
-              **{k: v for k, v in kwargs.items() if k not in ("dry_run", "stats")}, "report": report.to_dict()}
+              **options.recorded(), "report": report.to_dict()}
     (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     report_tmp = None if report_path is None else temp_path(report_path)
     old = None
@@ -427,9 +416,7 @@ def read_record(path: Path) -> Optional[RefineReport]:
 def cmd_refine_dir(args: Any) -> int:
     """``svs refine MODEL_DIR -o OUT_DIR``; under ``torchrun`` (``WORLD_SIZE`` > 1) every process
     runs it and refines its share, and rank 0 prints."""
-    import sys
-
-    from .cli_common import check_output, check_report
+    from .cli_common import check_output, check_report, refine_options
     from .distributed import from_env
 
     if not args.dry_run and not args.output:
@@ -440,11 +427,8 @@ def cmd_refine_dir(args: Any) -> int:
         check_output(resolve_output(Path(args.report)), args.force, [])
     group, device = from_env(args.device)
     try:
-        report = refine_dir(Path(args.input), output, preset=args.preset,
-                            include=args.include, exclude=args.exclude, map=args.map, method=args.method,
-                            certify=not args.no_certify, dry_run=args.dry_run, force=args.force, device=device, group=group,
-                            progress=not args.quiet and sys.stderr.isatty(),
-                            report_path=args.report and Path(args.report))
+        report = refine_dir(Path(args.input), output, force=args.force, device=device, group=group,
+                            report_path=args.report and Path(args.report), **dataclasses.asdict(refine_options(args)))
     finally:
         if group is not None:
             import torch.distributed as dist

@@ -11,6 +11,7 @@ import torch
 
 from . import ops
 from .interrupt import compute
+from .options import DEFAULTS, RefineOptions
 from .presets import Role, paired_weight, select_with_reasons
 from .report import ParamRecord, RefineReport
 from .spectrum import batches, singular_values
@@ -21,23 +22,14 @@ class RefineError(RuntimeError):
 
 
 def refine_tensors(
-    named: Dict[str, torch.Tensor],
-    *,
-    preset: str = "generic",
-    include: Optional[str] = None,
-    exclude: Optional[str] = None,
-    map: str = "sqrt",
-    method: str = "auto",
-    eps: float = 1e-8,
-    certify: bool = True,
-    dry_run: bool = False,
-    stats: bool = True,
-    progress: bool = False,
+    named: Dict[str, torch.Tensor], options: RefineOptions = DEFAULTS
 ) -> Tuple[Dict[str, torch.Tensor], RefineReport]:
     """New values of the selected tensors of ``named`` (not modified) and the report.
 
-    See :func:`refine_model` for the arguments. Returns ``({}, report)`` when ``dry_run``.
+    See :func:`refine_model` for the options. Returns ``({}, report)`` when ``dry_run``.
     """
+    preset, include, exclude, map, method = options.preset, options.include, options.exclude, options.map, options.method
+    dry_run, stats, progress = options.dry_run, options.stats, options.progress
     roles, why = select_with_reasons(named, preset, include, exclude)
     skipped = skip_unusable(named, roles)
     weights = [n for n, r in roles.items() if r is Role.WEIGHT]
@@ -59,8 +51,7 @@ def refine_tensors(
         if dry_run:
             new, spectra, routes = {}, singular_values([named[n] for n in weights], bar.update) if stats else None, {}
         else:
-            new, spectra, routes = _refined(named, roles, weights, bias_of, bar.update, stats, map=map, eps=eps, method=method,
-                                              certify=certify)
+            new, spectra, routes = _refined(named, roles, weights, bias_of, bar.update, stats, **options.operator())
         seconds = time.perf_counter() - start
     if spectra is None:
         before = after = [None] * len(weights)

@@ -30,9 +30,9 @@ from .layouts import of_directory
 from .model import check_device, refine_model, refine_state_dict
 from .ops import MAPS, _is_map, method_names
 from .options import DEFAULTS
-from .tensors import RefineError, _progress_bar
+from .engine import RefineError
 from .plots import plot_spectra
-from .report import counted
+from .report import counted, progress_bar
 from .presets import PRESETS
 
 
@@ -132,7 +132,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     total = sum(len(w) for _, w in plan)
     if not total:
         raise UsageError("no weight selected; check --preset, --include and --exclude")
-    with _progress_bar(total, not args.quiet and progress_default()) as bar:
+    with progress_bar(total, not args.quiet and progress_default()) as bar:
         stats, before, after = measure(plan, map_, record, lambda: bar.update(1))
     refined = record is not None
     print("\n".join(([] if args.quiet else table(stats, refined)) + describe(stats, refined, map_)))

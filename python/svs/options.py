@@ -13,6 +13,8 @@ import torch
 
 import svs_kernels  # noqa: F401  (registers torch.ops.svs.*)
 
+from .presets import DEFAULT_PRESET
+
 _SCHEMA = {a.name: a.default_value for a in torch.ops.svs.refine.default._schema.arguments}
 DEFAULT_MAP: str = _SCHEMA["map"]
 DEFAULT_EPS: float = _SCHEMA["eps"]
@@ -24,7 +26,7 @@ DEFAULT_CERTIFY: bool = _SCHEMA["certify"]
 class RefineOptions:
     """What to refine and how (see :func:`svs.refine_model` for each option)."""
 
-    preset: str = "generic"
+    preset: str = DEFAULT_PRESET
     include: Optional[str] = None
     exclude: Optional[str] = None
     map: str = DEFAULT_MAP

@@ -17,7 +17,7 @@ def test_defaults_are_the_documented_ones():
         DEFAULTS.map = "log1p"
 
 
-@pytest.mark.parametrize("fn", [svs.refine_model, svs.refine, svs.refine_, svs.refine_with_spectra])
+@pytest.mark.parametrize("fn", [svs.refine_model, svs.refine, svs.refine_, svs.refine_with_spectra, svs.select])
 def test_every_signature_takes_its_defaults_from_the_options(fn):
     params = inspect.signature(fn).parameters
     for field in dataclasses.fields(RefineOptions):

@@ -20,7 +20,8 @@ import torch
 from .distributed import Ranks
 from .engine import refine_batch
 from .options import RefineOptions
-from .planner import Batch, Plan, plan
+from . import planner
+from .planner import Batch, Plan
 from .presets import Role
 from .report import ParamRecord, RefineReport, build, progress_bar
 
@@ -55,9 +56,9 @@ def run(source: Source, options: RefineOptions, group: Optional[Any] = None) -> 
     ranks all call this with the same source and options) and returns the whole report on every
     rank. A rank's error is raised on every rank, and nothing is written."""
     ranks = Ranks.of(group)
-    the_plan = plan(source.tensors(), options, ranks.world, source.one_call and ranks.world == 1, source.check)
-    mine = [b for b, rank in zip(the_plan.batches, the_plan.owner) if rank == ranks.rank]
-    with source.open(the_plan, ranks):
+    plan = planner.plan(source.tensors(), options, ranks.world, source.one_call and ranks.world == 1, source.check)
+    mine = [b for b, rank in zip(plan.batches, plan.owner) if rank == ranks.rank]
+    with source.open(plan, ranks):
         start = time.perf_counter()
 
         def my_share() -> Dict[str, Any]:
@@ -67,7 +68,7 @@ def run(source: Source, options: RefineOptions, group: Optional[Any] = None) -> 
             with progress_bar(total, options.progress and ranks.rank == 0) as bar:  # closed on Ctrl-C too
                 for batch in mine:
                     values = source.load(batch)
-                    new, found = refine_batch(values, batch, the_plan, options)
+                    new, found = refine_batch(values, batch, plan, options)
                     source.write(batch, new)
                     records.update(found)
                     device = device or str(values[batch.weights[0]].device)
@@ -79,7 +80,7 @@ def run(source: Source, options: RefineOptions, group: Optional[Any] = None) -> 
         shares = ranks.gather(share)
         records = {n: r for s in shares for n, r in s["records"].items()}
         device = next(s["device"] for s in shares if s["device"] is not None)
-        report = build(the_plan, records, options, device, seconds)
-        source.finish(the_plan, report, ranks)
+        report = build(plan, records, options, device, seconds)
+        source.finish(plan, report, ranks)
     return report
 

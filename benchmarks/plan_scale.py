@@ -3,10 +3,10 @@ code would make, and the inputs still to be measured on a GPU.
 
     python -m benchmarks.plan_scale --gpus 8 [--cpu-seconds-per-unit X] [--gpu-seconds-per-unit Y]
 
-Cost model (the benchmarks' time estimates, ``Workload.costs``; ``svs.distributed.matrix_cost``):
-a weight flattened to m x n costs ``u = m*n*min(m, n) + 3e4`` units, and a device refines
-``1 / c`` units per second. The matrices are split into the refine calls ``svs.distributed.plan``
-makes and assigned by ``svs.distributed.assign`` (largest first onto the least-loaded rank), so
+Cost model (the benchmarks' time estimates, ``Workload.costs``; ``svs.planner.matrix_cost``):
+a weight flattened to m x n costs ``u = m*n*min(m, n) + OVERHEAD`` units (``svs.planner.OVERHEAD``), and a device refines
+``1 / c`` units per second. The matrices are split into the refine calls ``svs.planner.plan``
+makes and assigned by ``svs.planner.assign`` (largest first onto the least-loaded rank), so
 the refine time on N ranks is ``c * max_rank(sum of its units)``, plus reading and writing the
 checkpoint once (``2 * bytes / disk bandwidth``, shared by the ranks). Writes
 benchmarks/results/plan-<model>-<N>gpu.md.
@@ -19,7 +19,8 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from svs.distributed import assign, job_cost, plan
+from svs.options import RefineOptions
+from svs.planner import OVERHEAD, assign, plan
 from svs.testing import llama_state_dict
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -31,8 +32,8 @@ MODELS: Dict[str, Dict[str, int]] = {
     "8b-p": dict(layers=32, hidden=3072, intermediate=9216, kv=1024, vocab=128256),
 }
 # Units per second measured here: benchmarks/results/cpu-2026-11-23-091121.json, svs.refine auto on
-# llm-8b-p, probe of its cheapest matrix (1024x3072: 0.284 s for 1024*3072*1024 + 3e4 units), 2 cores.
-CPU_SECONDS_PER_UNIT = 0.2838 / (1024 * 3072 * 1024 + 3e4)
+# llm-8b-p, probe of its cheapest matrix (1024x3072: 0.284 s for 1024*3072*1024 + OVERHEAD units), 2 cores.
+CPU_SECONDS_PER_UNIT = 0.2838 / (1024 * 3072 * 1024 + OVERHEAD)
 FP64_PEAK = {"H100 SXM": 67e12, "H200": 67e12}  # FP64 tensor-core flop/s (NVIDIA data sheets)
 
 
@@ -88,8 +89,8 @@ def model_meta(name: str) -> Dict[str, torch.Tensor]:
 
 def jobs_and_costs(meta: Dict[str, torch.Tensor]) -> Tuple[List[List[str]], List[float]]:
     """The refine calls ``svs refine`` makes for the model (its 2-D block weights), and their units."""
-    jobs, _ = plan(meta, "generic", exclude="embed|lm_head")
-    return jobs, [job_cost(meta, job) for job in jobs]
+    batches = plan(meta, RefineOptions(preset="generic", exclude="embed|lm_head"))
+    return [b.names() for b in batches.batches], batches.costs
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from svs.planner import OVERHEAD
+
 from . import model_shapes
 
 Shape = Tuple[int, ...]
@@ -141,8 +143,9 @@ class Workload:
             return f"{self.name} [subsample {len(self)}/{self.full_count}]"
         return self.name
 
-    def costs(self, overhead: float = 3e4) -> List[float]:
-        """A per-matrix cost model for time estimates: m*n*min(m, n) plus a per-call overhead."""
+    def costs(self, overhead: float = OVERHEAD) -> List[float]:
+        """A per-matrix cost model for time estimates: m*n*min(m, n) plus a per-call overhead
+        (svs.planner's, which splits work over ranks by the same model)."""
         return [m * n * min(m, n) + overhead for m, n in self.dims]
 
     def nbytes(self, element_size: int = 4) -> int:

@@ -10,7 +10,7 @@ from . import io, layouts
 from .ops import MAPS, map_spectrum, refine, refine_, refine_with_spectra
 from .presets import PRESETS, Role, select
 from .model import refine_model, refine_state_dict
-from .tensors import RefineError
+from .engine import RefineError
 from .report import ParamRecord, RefineReport
 
 __all__ = [

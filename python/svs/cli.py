@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -21,16 +22,17 @@ import torch
 
 from . import __version__, io
 from .cli_common import (HelpFormatter, UsageError, check_image, check_output, check_report, progress_default,
-                         resolve_output)
+                         refine_options, resolve_output)
 from .experiments.cli import add_experiment_commands
 from .extras import MissingExtra
 from .interrupt import own_process
 from .layouts import of_directory
 from .model import check_device, refine_model, refine_state_dict
 from .ops import MAPS, _is_map, method_names
-from .tensors import RefineError, _progress_bar
+from .options import DEFAULTS
+from .engine import RefineError
 from .plots import plot_spectra
-from .report import counted
+from .report import counted, progress_bar
 from .presets import PRESETS
 
 
@@ -42,11 +44,12 @@ class Terminated(KeyboardInterrupt):
 ORDINARY = (UsageError, ValueError, OSError, RefineError, MemoryError, MissingExtra)
 
 
-def _selection_args(p: argparse.ArgumentParser, preset: Optional[str] = "generic", map: Optional[str] = "sqrt") -> None:
+def _selection_args(p: argparse.ArgumentParser, preset: Optional[str] = DEFAULTS.preset,
+                    map: Optional[str] = DEFAULTS.map) -> None:
     p.add_argument("--preset", default=preset, choices=sorted(PRESETS), help="layer rule" + (
         "" if preset else " (default: the one svs refine used for a refined directory, else generic)"))
     p.add_argument("--map", default=map, metavar="MAP", help=f"sigma map: {', '.join(MAPS)} (e.g. power:0.25)"
-                   + ("" if map else " (default: sqrt)"))
+                   + ("" if map else f" (default: {DEFAULTS.map})"))
     p.add_argument("--include", metavar="REGEX", help="only parameters whose name matches")
     p.add_argument("--exclude", metavar="REGEX", help="skip parameters whose name matches")
 
@@ -78,8 +81,7 @@ def _refine_file(args: argparse.Namespace, src: Path, dst: Optional[Path], repor
     if device.type != "cpu":  # refined there, written from the CPU
         ckpt.obj = ckpt.obj.to(device) if isinstance(ckpt.obj, torch.nn.Module) else {
             k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in ckpt.obj.items()}
-    kwargs = dict(preset=args.preset, include=args.include, exclude=args.exclude, map=args.map,
-                  method=args.method, certify=not args.no_certify, dry_run=args.dry_run, progress=not args.quiet and progress_default())
+    kwargs = dataclasses.asdict(refine_options(args))
     if isinstance(ckpt.obj, torch.nn.Module):
         report = refine_model(ckpt.obj, **kwargs)
     else:
@@ -117,7 +119,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if record is not None:
         print(f"refined by svs {record['svs_version']} (torch {record['torch']}) on {record['date']} from "
               f"{record['source']}: preset {record['preset']}, map {record['map']}, method {record['method']}")
-    preset, map_ = args.preset or (record or {}).get("preset", "generic"), args.map or (record or {}).get("map", "sqrt")
+    preset = args.preset or (record or {}).get("preset", DEFAULTS.preset)
+    map_ = args.map or (record or {}).get("map", DEFAULTS.map)
     if not _is_map(map_):
         raise UsageError(f"unknown map {map_!r}; expected one of {', '.join(MAPS)} (e.g. power:0.25)")
     plan = []
@@ -129,7 +132,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     total = sum(len(w) for _, w in plan)
     if not total:
         raise UsageError("no weight selected; check --preset, --include and --exclude")
-    with _progress_bar(total, not args.quiet and progress_default()) as bar:
+    with progress_bar(total, not args.quiet and progress_default()) as bar:
         stats, before, after = measure(plan, map_, record, lambda: bar.update(1))
     refined = record is not None
     print("\n".join(([] if args.quiet else table(stats, refined)) + describe(stats, refined, map_)))
@@ -165,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun each rank's own GPU)")
     _selection_args(p)
     methods = {d: method_names(d) for d in ("cpu", "cuda")}
-    p.add_argument("--method", default="auto", help="decomposition route; " + "; ".join(
+    p.add_argument("--method", default=DEFAULTS.method, help="decomposition route; " + "; ".join(
         f"on {d}: {', '.join(m)}" for d, m in methods.items() if m))
     p.add_argument("--no-certify", action="store_true",
                    help="skip the check of every result against its weight (README: The certificate)")

@@ -6,7 +6,9 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
+
+from .options import RefineOptions
 
 
 class UsageError(Exception):
@@ -16,6 +18,13 @@ class UsageError(Exception):
 def progress_default() -> bool:
     """Progress bars only on a terminal (not in logs or pipes)."""
     return sys.stderr.isatty()
+
+
+def refine_options(args: Any) -> RefineOptions:
+    """The options ``svs refine``'s arguments give (the same for a file and a directory)."""
+    return RefineOptions(preset=args.preset, include=args.include, exclude=args.exclude, map=args.map,
+                         method=args.method, certify=not args.no_certify, dry_run=args.dry_run,
+                         progress=not args.quiet and progress_default())
 
 
 def check_output(path: Path, force: bool, inputs: Sequence[str] = ()) -> None:

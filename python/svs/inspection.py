@@ -29,7 +29,7 @@ from . import io
 from .layouts import Layout, expand, of_directory, of_module
 from .presets import Role, select
 from .report import counted
-from .tensors import skip_unusable
+from .planner import skip_unusable
 
 # The paper's pattern: a few dominant singular values, about this many times the smallest.
 PAPER_KAPPA = 100.0

@@ -1,31 +1,35 @@
 """SVS of a whole model or state dict, in place or as a new dict, in one process or across the
-ranks of a ``torch.distributed`` group. All-or-nothing: on any error nothing is modified."""
+ranks of a ``torch.distributed`` group: the in-memory source of the one pipeline
+(:mod:`svs.refinement`). All-or-nothing: on any error nothing is modified."""
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Optional, Tuple
+import contextlib
+from typing import Any, Callable, ContextManager, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .distributed import Ranks, exchange
 from .layouts import Layout, expand, of_module
-from .distributed import refine_tensors_across
-from .presets import Role, select
+from .options import DEFAULTS, RefineOptions
+from .planner import Batch, Plan
+from .presets import Role
+from .refinement import run
 from .report import RefineReport
-from .tensors import refine_tensors
 
 
 def refine_model(
     model: nn.Module,
-    preset: str = "generic",
-    include: Optional[str] = None,
-    exclude: Optional[str] = None,
-    map: str = "sqrt",
-    method: str = "auto",
-    eps: float = 1e-8,
-    certify: bool = True,
-    dry_run: bool = False,
-    stats: bool = True,
-    progress: bool = False,
+    preset: str = DEFAULTS.preset,
+    include: Optional[str] = DEFAULTS.include,
+    exclude: Optional[str] = DEFAULTS.exclude,
+    map: str = DEFAULTS.map,
+    method: str = DEFAULTS.method,
+    eps: float = DEFAULTS.eps,
+    certify: bool = DEFAULTS.certify,
+    dry_run: bool = DEFAULTS.dry_run,
+    stats: bool = DEFAULTS.stats,
+    progress: bool = DEFAULTS.progress,
     process_group: Optional[Any] = None,
 ) -> RefineReport:
     """Applies Singular Value Scaling to ``model`` in place and returns a report.
@@ -49,7 +53,7 @@ def refine_model(
         process_group: a ``torch.distributed`` group whose ranks all call this on the same model
             (``torchrun``): each refines its share of the matrices (split by estimated cost) on
             its own device, and every rank's model ends with all refined parameters, bit-identical
-            to one process (:mod:`svs.distributed`). A rank's error is raised on every rank.
+            to one process (:mod:`svs.refinement`). A rank's error is raised on every rank.
 
     Each layer's weight is decomposed as the matrix ``(out, in...)`` whatever its storage
     (``nn.ConvTranspose*``, transformers' ``Conv1D`` and fused MoE experts: :mod:`svs.layouts`); the
@@ -66,19 +70,15 @@ def refine_model(
             selected parameter on the meta device (not loaded, or offloaded by accelerate).
     """
     params = dict(model.named_parameters())
-    named, fold = expand({n: p.detach() for n, p in params.items()}, of_module(model))
-    _check_loaded(named, preset, include, exclude)
-    kwargs = dict(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps,
-                  certify=certify, dry_run=dry_run, stats=stats)
-    if process_group is not None:
-        new, report = refine_tensors_across(named, process_group, **kwargs)
-    else:
-        new, report = refine_tensors(named, progress=progress, **kwargs)
-    new = fold(new)
-    with torch.no_grad():
-        for name, value in new.items():
-            params[name].copy_(value)
-    return report
+    options = RefineOptions(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps,
+                            certify=certify, dry_run=dry_run, stats=stats, progress=progress)
+
+    def apply(new: Dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, value in new.items():
+                params[name].copy_(value)
+
+    return run(InMemory({n: p.detach() for n, p in params.items()}, of_module(model), apply), options, process_group)
 
 
 def refine_state_dict(
@@ -88,24 +88,51 @@ def refine_state_dict(
     refined are shared with ``state``; values that are not tensors are kept as they are) and the
     report. A state dict has no modules, so every weight is taken as ``(out, in...)`` unless
     ``layouts`` says otherwise (``svs.layouts.of_module(model)`` of the model it came from).
-    Keyword arguments as for refine_model."""
-    tensors, fold = expand({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, layouts or [])
-    _check_loaded(tensors, kwargs.get("preset", "generic"), kwargs.get("include"), kwargs.get("exclude"))
-    new, report = refine_tensors(tensors, **kwargs)
-    return {**state, **fold(new)}, report
+    Keyword arguments as for refine_model (without ``process_group``)."""
+    options = RefineOptions(**kwargs)
+    out = dict(state)
+    report = run(InMemory({k: v for k, v in state.items() if isinstance(v, torch.Tensor)}, layouts or [], out.update),
+                 options)
+    return out, report
 
 
-def _check_loaded(named: Dict[str, torch.Tensor], preset: str, include: Optional[str], exclude: Optional[str]) -> None:
-    """Refuses a selected tensor on the meta device (``init_empty_weights``, or a parameter
-    accelerate offloaded to disk): its values are not in memory, so there is nothing to refine."""
-    if not any(t.is_meta for t in named.values()):
-        return
-    for name, role in select(named, preset, include, exclude).items():
-        if role is not Role.SKIP and named[name].is_meta:
-            raise ValueError(
-                f"parameter {name!r} is on the meta device: its values are not loaded (init_empty_weights, or "
-                "offloaded by device_map=...); load the model onto the CPU or a GPU first, or refine its "
-                "checkpoint directory with svs refine DIR")
+class InMemory:
+    """The :class:`~svs.refinement.Source` of tensors in memory (a module's parameters, a state
+    dict): refined where they are, and put in place by ``apply`` (new values of the stored
+    tensors, by name) only once every batch has succeeded, on every rank."""
+
+    def __init__(self, stored: Dict[str, torch.Tensor], layouts: Iterable[Layout],
+                 apply: Callable[[Dict[str, torch.Tensor]], None]):
+        self.views, self.fold = expand(stored, layouts)
+        self.apply = apply
+        self.new: Dict[str, torch.Tensor] = {}
+        self.one_call = any(t.is_cuda for t in self.views.values())
+
+    def tensors(self) -> Dict[str, torch.Tensor]:
+        return self.views
+
+    def check(self, selected: Dict[str, Role]) -> None:
+        """Refuses a selected tensor on the meta device (``init_empty_weights``, or a parameter
+        accelerate offloaded to disk): its values are not in memory, so there is nothing to refine."""
+        for name, role in selected.items():
+            if role is not Role.SKIP and self.views[name].is_meta:
+                raise ValueError(
+                    f"parameter {name!r} is on the meta device: its values are not loaded (init_empty_weights, or "
+                    "offloaded by device_map=...); load the model onto the CPU or a GPU first, or refine its "
+                    "checkpoint directory with svs refine DIR")
+
+    def open(self, plan: Plan, ranks: Ranks) -> ContextManager[None]:
+        return contextlib.nullcontext()
+
+    def load(self, batch: Batch) -> Dict[str, torch.Tensor]:
+        return {n: self.views[n] for n in batch.names()}
+
+    def write(self, batch: Batch, new: Dict[str, torch.Tensor]) -> None:
+        self.new.update(new)
+
+    def finish(self, plan: Plan, report: RefineReport, ranks: Ranks) -> None:
+        if not report.dry_run:
+            self.apply(self.fold(exchange(ranks, plan, self.new, self.views)))
 
 
 def check_device(device: str) -> torch.device:

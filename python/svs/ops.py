@@ -8,6 +8,8 @@ import torch
 
 import svs_kernels  # noqa: F401  (registers torch.ops.svs.*)
 
+from .options import DEFAULT_CERTIFY, DEFAULT_EPS, DEFAULT_MAP, DEFAULT_METHOD
+
 # The names map= takes ("power:<p>": "power:" and a finite number), as the extension defines them.
 MAPS: Tuple[str, ...] = tuple(torch.ops.svs._map_names())
 
@@ -72,10 +74,10 @@ def refine(
     weights: Sequence[torch.Tensor],
     biases: Optional[Sequence[Optional[torch.Tensor]]] = None,
     *,
-    map: str = "sqrt",
-    eps: float = 1e-8,
-    method: str = "auto",
-    certify: bool = True,
+    map: str = DEFAULT_MAP,
+    eps: float = DEFAULT_EPS,
+    method: str = DEFAULT_METHOD,
+    certify: bool = DEFAULT_CERTIFY,
 ) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
     """Singular Value Scaling of many weights in one call; the inputs are not modified.
 
@@ -120,10 +122,10 @@ def refine_with_spectra(
     weights: Sequence[torch.Tensor],
     biases: Optional[Sequence[Optional[torch.Tensor]]] = None,
     *,
-    map: str = "sqrt",
-    eps: float = 1e-8,
-    method: str = "auto",
-    certify: bool = True,
+    map: str = DEFAULT_MAP,
+    eps: float = DEFAULT_EPS,
+    method: str = DEFAULT_METHOD,
+    certify: bool = DEFAULT_CERTIFY,
 ) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]], List[torch.Tensor], List[str]]:
     """:func:`refine`, plus what the operator learned per weight at no extra decomposition: its
     singular values (float64, descending, zero below the rank tolerance, on its device) and the
@@ -137,7 +139,7 @@ def refine_with_spectra(
     return new_w, new_b, spectra, [names[c] for c in codes.tolist()]
 
 
-def map_spectrum(s: torch.Tensor, map: str = "sqrt") -> torch.Tensor:
+def map_spectrum(s: torch.Tensor, map: str = DEFAULT_MAP) -> torch.Tensor:
     """The singular values of a refined weight from those of the weight (as
     :func:`refine_with_spectra` returns them): ``f(s)`` sorted descending, zeros kept (float64)."""
     return torch.ops.svs._map_spectrum(s, map)
@@ -158,10 +160,10 @@ def refine_(
     weights: Sequence[torch.Tensor],
     biases: Optional[Sequence[Optional[torch.Tensor]]] = None,
     *,
-    map: str = "sqrt",
-    eps: float = 1e-8,
-    method: str = "auto",
-    certify: bool = True,
+    map: str = DEFAULT_MAP,
+    eps: float = DEFAULT_EPS,
+    method: str = DEFAULT_METHOD,
+    certify: bool = DEFAULT_CERTIFY,
 ) -> None:
     """In-place :func:`refine`, all or nothing: every result is computed and certified before
     the first write, so on any error (``RuntimeError`` naming the weight) no tensor is changed.

@@ -21,6 +21,7 @@ import torch
 
 from . import __version__
 from .io import CheckpointError
+from .options import RefineOptions
 from .presets import Role, select
 from .report import RefineReport
 
@@ -66,9 +67,8 @@ def components(root: Path) -> List[str]:
     return found
 
 
-def refine_pipeline(src: Path, dst: Optional[Path], *, preset: str = "generic", include: Optional[str] = None,
-                    exclude: Optional[str] = None, dry_run: bool = False, force: bool = False, group: Any = None,
-                    **kwargs: Any) -> RefineReport:
+def refine_pipeline(src: Path, dst: Optional[Path], options: RefineOptions, *, force: bool = False, device: str = "cpu",
+                    group: Any = None) -> RefineReport:
     """Refines every component of the pipeline ``src`` that has weights the preset selects into
     ``dst`` (nothing written when ``dry_run``); arguments as for :func:`svs.sharded.refine_dir`.
     The report's names are ``<component>/<tensor>``; components the preset selects nothing in
@@ -82,7 +82,7 @@ def refine_pipeline(src: Path, dst: Optional[Path], *, preset: str = "generic", 
     from .distributed import Ranks
     from .sharded import check_out_dir, open_dir, refine_dir
 
-    src = Path(src)
+    src, preset, include, exclude, dry_run = Path(src), options.preset, options.include, options.exclude, options.dry_run
     names = components(src)
     chosen = [c for c in names if any(r is Role.WEIGHT for r in select(open_dir(src / c).meta(), preset, include, exclude).values())]
     if not chosen:
@@ -95,12 +95,11 @@ def refine_pipeline(src: Path, dst: Optional[Path], *, preset: str = "generic", 
     try:
         if tmp is not None:
             ranks.together(lambda: ranks.rank == 0 and _copy_others(src, tmp, chosen))
-        reports = {c: refine_dir(src / c, None if tmp is None else tmp / c, preset=preset, include=include,
-                                 exclude=exclude, dry_run=dry_run, group=group, **kwargs) for c in chosen}
+        reports = {c: refine_dir(src / c, None if tmp is None else tmp / c, device=device, group=group,
+                                 **dataclasses.asdict(options)) for c in chosen}
         report = _merged(reports, [c for c in names if c not in chosen])
         if tmp is not None:
-            settings = dict(preset=preset, include=include, exclude=exclude, **kwargs)
-            ranks.together(lambda: ranks.rank == 0 and _finish(src, tmp, Path(dst), report, settings, ranks.world))
+            ranks.together(lambda: ranks.rank == 0 and _finish(src, tmp, Path(dst), report, options, ranks.world))
         return report
     except BaseException:
         if tmp is not None:
@@ -128,11 +127,11 @@ def _merged(reports: Dict[str, RefineReport], unselected: List[str]) -> RefineRe
                                left_alone=left)
 
 
-def _finish(src: Path, tmp: Path, dst: Path, report: RefineReport, settings: Dict[str, Any], world: int) -> None:
+def _finish(src: Path, tmp: Path, dst: Path, report: RefineReport, options: RefineOptions, world: int) -> None:
     """Writes the pipeline's record into ``tmp``, then puts ``tmp`` in the place of ``dst``."""
     record = {"svs_version": __version__, "torch": torch.__version__, "source": src.resolve().name,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "processes": world,
-              **{k: v for k, v in settings.items() if k not in ("stats", "progress", "device")},
+              **options.recorded(),
               "report": report.to_dict()}
     (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     old = None

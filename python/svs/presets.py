@@ -101,6 +101,8 @@ def transformer(name: str, tensor: torch.Tensor) -> Union[Role, str]:
     return Role.BIAS if leaf == "bias" else "not a 2-D weight or its bias"
 
 
+DEFAULT_PRESET = "generic"  # svs.options.RefineOptions' default too
+
 PRESETS: Dict[str, Rule] = {
     "ddpm": ddpm,
     "stylegan2": stylegan,
@@ -116,7 +118,7 @@ _ADAPTER = re.compile(r"(^|\.)lora_[^.]*\.")
 
 def select(
     named: Dict[str, torch.Tensor],
-    preset: str = "generic",
+    preset: str = DEFAULT_PRESET,
     include: Optional[str] = None,
     exclude: Optional[str] = None,
 ) -> Dict[str, Role]:
@@ -133,7 +135,7 @@ def select(
 
 def select_with_reasons(
     named: Dict[str, torch.Tensor],
-    preset: str = "generic",
+    preset: str = DEFAULT_PRESET,
     include: Optional[str] = None,
     exclude: Optional[str] = None,
 ) -> Tuple[Dict[str, Role], Dict[str, str]]:

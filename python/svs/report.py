@@ -1,10 +1,15 @@
-"""What a refinement did, parameter by parameter, as a table a person can read and JSON."""
+"""What a refinement did, parameter by parameter, as a table a person can read and JSON; built
+once per refinement (:func:`build`), from the plan and the records of every batch."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .spectrum import group_by_shape
+
+if TYPE_CHECKING:
+    from .options import RefineOptions
+    from .planner import Plan
 
 
 @dataclasses.dataclass
@@ -115,3 +120,32 @@ class RefineReport:
 def counted(n: int, one: str, many: str = "") -> str:
     """``n`` and the noun, singular for 1: ``1 weight``, ``2 weights``, ``1,024 parameters``."""
     return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
+def build(plan: "Plan", records: Dict[str, ParamRecord], options: "RefineOptions", device: str,
+          seconds: float) -> RefineReport:
+    """The report of a refinement, once, from its plan and the records of every batch: in the
+    source's order, the skipped tensors with their reason, and why the preset left the others alone."""
+    out = []
+    for name in plan.order:
+        if name in plan.skipped:
+            out.append(ParamRecord(name, plan.shapes[name], "skipped", "-", reason=plan.skipped[name]))
+        elif name in records:
+            out.append(records[name])
+    return RefineReport(out, map=options.map, method=options.method, device=device, dry_run=options.dry_run,
+                        seconds=seconds, left_alone=by_reason(plan.left_alone))
+
+
+def by_reason(why: Dict[str, str]) -> Dict[str, List[str]]:
+    """``{name: reason}`` as ``{reason: [names]}``."""
+    out: Dict[str, List[str]] = {}
+    for name, reason in why.items():
+        out.setdefault(reason, []).append(name)
+    return out
+
+
+def progress_bar(total: int, enabled: bool):
+    """A progress bar over ``total`` matrices (hidden unless ``enabled``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="SVS", unit="matrix", disable=not enabled)

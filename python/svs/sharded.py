@@ -11,9 +11,10 @@ every other file copied, and ``svs_refine.json`` records what was done (``svs in
 The index's types, every shard header (:mod:`svs.safetensors_check`) and the other files are
 checked before any work. The output is built in a temporary directory beside OUT_DIR, held by a
 lock file (:func:`svs.io.claim`), and renamed at the end without replacing anything that appeared
-meanwhile (unless ``force``): a failed or interrupted run leaves no OUT_DIR. Under ``torchrun`` the refine calls are split over the ranks
-(:mod:`svs.distributed`), each writing the tensors it refined; OUT_DIR must then be on a file
-system every rank sees.
+meanwhile (unless ``force``): a failed or interrupted run leaves no OUT_DIR. A directory is one
+source of the one pipeline (:class:`Directory`, :mod:`svs.refinement`); under ``torchrun`` its
+batches are split over the ranks, each writing the tensors it refined; OUT_DIR must then be on a
+file system every rank sees.
 """
 from __future__ import annotations
 
@@ -26,21 +27,23 @@ import shutil
 import stat
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
 
 from . import __version__
-from .distributed import Ranks, assign, job_cost, merge_reports, plan
 from .cli_common import resolve_output
-from .io import CheckpointError, atomic_write, claim, rename_noreplace, temp_path
-from .safetensors_check import DTYPES, Entry, json_type, open_regular, read_header, read_tensors, unique_keys
+from .distributed import Ranks
 from .interrupt import interruptible
+from .io import CheckpointError, atomic_write, claim, rename_noreplace, temp_path
 from .layouts import Layout, expand, of_directory
+from .options import RefineOptions
 from .pipeline_dir import is_pipeline, refine_pipeline
-from .tensors import _progress_bar, by_reason, refine_tensors
-from .presets import Role, select, select_with_reasons
+from .planner import Batch, Plan
+from .presets import Role
+from .refinement import run
 from .report import ParamRecord, RefineReport
+from .safetensors_check import DTYPES, Entry, json_type, open_regular, read_header, read_tensors, unique_keys
 
 INDEX_SUFFIX = ".safetensors.index.json"
 RECORD = "svs_refine.json"
@@ -164,25 +167,16 @@ def refine_dir(
     src: Path,
     dst: Optional[Path],
     *,
-    preset: str = "generic",
-    include: Optional[str] = None,
-    exclude: Optional[str] = None,
-    map: str = "sqrt",
-    method: str = "auto",
-    eps: float = 1e-8,
-    certify: bool = True,
-    dry_run: bool = False,
-    stats: bool = True,
     force: bool = False,
     device: str = "cpu",
     group: Any = None,
-    progress: bool = False,
     report_path: Optional[Path] = None,
+    **options: Any,
 ) -> RefineReport:
     """Refines the checkpoint directory ``src`` into ``dst`` (nothing written when ``dry_run``).
 
-    ``stats``: record the extreme singular values before and after (from the refinement's own
-    decomposition, as in :func:`svs.refine_model`; a dry run measures "before" with ``svdvals``).
+    ``options``: the fields of :class:`~svs.options.RefineOptions`, as for :func:`svs.refine_model`
+    (``stats``: from the refinement's own decomposition; a dry run measures "before" with ``svdvals``).
     ``group``: a ``torch.distributed`` process group whose ranks all call this with the same
     arguments; each refines its share of the matrices on ``device``. ``report_path``: also write
     the report there as JSON, put in place with OUT_DIR (both or neither). Returns the whole report on
@@ -190,85 +184,88 @@ def refine_dir(
     or tensor), ``ValueError`` for a bad output or selection, :class:`~svs.RefineError` when a
     tensor cannot be refined; OUT_DIR is then not created (nor its temporary folder left).
     """
-    src = Path(src)
+    src, opts = Path(src), RefineOptions(**options)
     if is_pipeline(src):  # a diffusers pipeline folder: each component, as a directory of its own
-        return refine_pipeline(src, dst, preset=preset, include=include, exclude=exclude, map=map, method=method,
-                               eps=eps, certify=certify, dry_run=dry_run, stats=stats, force=force, device=device, group=group,
-                               progress=progress)
-    ranks = Ranks.of(group)
+        return refine_pipeline(src, dst, opts, force=force, device=device, group=group)
     ckpt = open_dir(src)
-    if not dry_run:
+    others: List[Path] = []
+    if not opts.dry_run:
         dst = resolve_output(Path(dst))
         check_out_dir(src, dst, force)
         others = other_files(ckpt)
-    found = of_directory(src, ckpt.entries)  # layers not stored as (out, in...), from the config's modules
-    meta = expand(ckpt.meta(), found)[0]
-    _check_dtypes(ckpt, select(meta, preset, include, exclude))
-    jobs, skipped = plan(meta, preset, include, exclude)
-    if not jobs:
-        refine_tensors(meta, preset=preset, include=include, exclude=exclude)  # its "selects no weight" error
-    owner = assign([job_cost(meta, job) for job in jobs], ranks.world)
-    kwargs = dict(preset=preset, include=include, exclude=exclude, map=map, method=method, eps=eps, dry_run=dry_run,
-                  stats=stats, certify=certify)
+    layouts = of_directory(src, ckpt.entries)  # layers not stored as (out, in...), from the config's modules
     if report_path is not None:
         report_path = resolve_output(report_path)
-    tmp = None if dry_run else ranks.from_rank0(temp_path(dst))
-    held = contextlib.ExitStack()
-    try:
-        claims = [p for p in (None if dry_run else dst, report_path) if p is not None]
-        ranks.together(lambda: ranks.rank == 0 and [held.enter_context(claim(p)) for p in claims])
-        if tmp is not None:
-            _stage(ckpt, tmp, others, jobs, skipped, ranks)
-        start = time.perf_counter()
-        mine = [job for job, rank in zip(jobs, owner) if rank == ranks.rank]
-        matrices = sum(meta[n].ndim >= 2 and n not in skipped for job in mine for n in job)
+    output = None if opts.dry_run else dst
+    return run(Directory(ckpt, layouts, device, opts, output, others, force, report_path), opts, group)
 
-        def my_share() -> List[RefineReport]:
-            with _progress_bar(matrices, progress and ranks.rank == 0) as bar:
-                return [_refine_job(ckpt, job, tmp, device, kwargs, bar.update, found) for job in mine]
 
-        parts = ranks.together(my_share)
-        all_parts = [p for ps in ranks.gather(parts) for p in ps]
-        seconds = max(ranks.gather(time.perf_counter() - start))
-        report = merge_reports(all_parts, list(ckpt.entries), all_parts[0], seconds)
-        report.left_alone = by_reason(select_with_reasons(meta, preset, include, exclude)[1])
+class Directory:
+    """The :class:`~svs.refinement.Source` of a checkpoint directory: planned from its headers (meta
+    tensors), each batch read from its shards onto ``device`` and written into its place in a
+    temporary copy of the directory, renamed to ``dst`` at the end (nothing written when ``dst``
+    is None: a dry run)."""
+
+    one_call = False  # each batch is read from disk: memory holds one batch, never the whole model
+
+    def __init__(self, ckpt: ShardedCheckpoint, layouts: List[Layout], device: str, options: RefineOptions,
+                 dst: Optional[Path], others: List[Path], force: bool, report_path: Optional[Path]):
+        self.ckpt, self.layouts, self.device, self.options = ckpt, layouts, device, options
+        self.dst, self.others, self.force, self.report_path = dst, others, force, report_path
+        self.tmp: Optional[Path] = None
+        self.fold: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]] = dict
+
+    def tensors(self) -> Dict[str, torch.Tensor]:
+        return expand(self.ckpt.meta(), self.layouts)[0]
+
+    def check(self, selected: Dict[str, Role]) -> None:
+        for name, role in selected.items():
+            entry = self.ckpt.entries[name]
+            if role in (Role.WEIGHT, Role.BIAS) and entry.dtype not in FLOATS:
+                raise CheckpointError(
+                    f"{self.ckpt.root / entry.shard}: {role.value} {name!r} has dtype {entry.dtype}, not floating point "
+                    f"({', '.join(FLOATS)}); a quantized checkpoint? leave it out with --exclude")
+
+    @contextlib.contextmanager
+    def open(self, plan: Plan, ranks: Ranks) -> Iterator[None]:
+        """Claims the outputs (rank 0) and stages the temporary copy; on any error removes it
+        (and names OUT_DIR, not the temporary, in a write error)."""
+        tmp = None if self.dst is None else ranks.from_rank0(temp_path(self.dst))
+        held = contextlib.ExitStack()
+        try:
+            claims = [p for p in (self.dst, self.report_path) if p is not None]
+            ranks.together(lambda: ranks.rank == 0 and [held.enter_context(claim(p)) for p in claims])
+            if tmp is not None:
+                _stage(self.ckpt, tmp, self.others, {n for b in plan.batches for n in b.names()}, ranks)
+            self.tmp = tmp
+            yield
+        except BaseException as err:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, OSError) and tmp is not None and str(err.filename or "").startswith(str(tmp)):
+                raise OSError(err.errno, f"cannot write it ({err.strerror})", str(self.dst)) from err  # not the temporary
+            raise
+        finally:
+            held.close()
+
+    def load(self, batch: Batch) -> Dict[str, torch.Tensor]:
+        # The read goes to svs.interrupt's worker: a Ctrl-C landing inside safetensors' conversion of
+        # a tensor surfaced as an unrelated error ("could not determine the shape of ... UntypedStorage").
+        loaded = interruptible(lambda: self.ckpt.load(batch.names()))
+        views, self.fold = expand({n: t.to(self.device) for n, t in loaded.items()}, self.layouts)
+        return views
+
+    def write(self, batch: Batch, new: Dict[str, torch.Tensor]) -> None:
+        for name, value in self.fold(new).items():
+            _write_tensor(self.tmp, self.ckpt.entries[name], value)
+
+    def finish(self, plan: Plan, report: RefineReport, ranks: Ranks) -> None:
+        tmp, report_path = self.tmp, self.report_path
         if tmp is not None:
-            ranks.together(lambda: ranks.rank == 0 and _finish(ckpt, tmp, dst, force, report, kwargs, ranks.world,
-                                                                report_path))
+            ranks.together(lambda: ranks.rank == 0 and _finish(self.ckpt, tmp, self.dst, self.force, report, self.options,
+                                                                ranks.world, report_path))
         elif report_path is not None and ranks.rank == 0:
-            atomic_write(report_path, lambda t: Path(t).write_text(json.dumps(report.to_dict(), indent=1)), force)
-        return report
-    except BaseException as err:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError) and tmp is not None and str(err.filename or "").startswith(str(tmp)):
-            raise OSError(err.errno, f"cannot write it ({err.strerror})", str(dst)) from err  # not the temporary
-        raise
-    finally:
-        held.close()
-
-
-def _refine_job(ckpt: ShardedCheckpoint, job: List[str], tmp: Optional[Path], device: str,
-                kwargs: Dict[str, Any], on_done: Callable[[int], Any], found: List[Layout]) -> RefineReport:
-    """One refine call: loads the job's tensors, refines them, writes them into ``tmp``."""
-    # The read goes to svs.interrupt's worker: a Ctrl-C landing inside safetensors' conversion of
-    # a tensor surfaced as an unrelated error ("could not determine the shape of ... UntypedStorage").
-    loaded = interruptible(lambda: ckpt.load(job))
-    views, fold = expand({n: t.to(device) for n, t in loaded.items()}, found)
-    new, report = refine_tensors(views, **kwargs)
-    for name, value in fold(new).items():
-        _write_tensor(tmp, ckpt.entries[name], value)
-    on_done(len(report.weights))
-    return report
-
-
-def _check_dtypes(ckpt: ShardedCheckpoint, roles: Dict[str, Role]) -> None:
-    for name, role in roles.items():
-        entry = ckpt.entries[name]
-        if role in (Role.WEIGHT, Role.BIAS) and entry.dtype not in FLOATS:
-            raise CheckpointError(
-                f"{ckpt.root / entry.shard}: {role.value} {name!r} has dtype {entry.dtype}, not floating point "
-                f"({', '.join(FLOATS)}); a quantized checkpoint? leave it out with --exclude")
+            atomic_write(report_path, lambda t: Path(t).write_text(json.dumps(report.to_dict(), indent=1)), self.force)
 
 
 def other_files(ckpt: ShardedCheckpoint) -> List[Path]:
@@ -315,17 +312,15 @@ def _copy_other(src: Path, dst: Path) -> None:
     shutil.copystat(src, dst)
 
 
-def _stage(ckpt: ShardedCheckpoint, tmp: Path, others: List[Path], jobs: List[List[str]], skipped: Dict[str, str],
-           ranks: Ranks) -> None:
+def _stage(ckpt: ShardedCheckpoint, tmp: Path, others: List[Path], refined: Set[str], ranks: Ranks) -> None:
     """Creates the temporary output: every other file copied (rank 0), and each shard (split over
-    the ranks) holding its header and the bytes of the tensors that are not refined."""
+    the ranks) holding its header and the bytes of the tensors that are not ``refined``."""
     def copy_others() -> None:
         tmp.mkdir()
         for rel in others:
             _copy_other(ckpt.root / rel, tmp / rel)
 
     ranks.together(lambda: ranks.rank == 0 and copy_others())
-    refined = {n for job in jobs for n in job if n not in skipped}
     holes = {s: sorted((e.start, e.end) for n, e in ckpt.entries.items() if e.shard == s and n in refined) for s in ckpt.shards}
     ranks.together(lambda: [_copy_except(ckpt.root / s, tmp / s, ckpt.sizes[s], holes[s])
                             for i, s in enumerate(ckpt.shards) if i % ranks.world == ranks.rank])
@@ -360,7 +355,7 @@ def _write_tensor(tmp: Optional[Path], entry: Entry, value: torch.Tensor) -> Non
         f.write(data)
 
 
-def _finish(ckpt: ShardedCheckpoint, tmp: Path, dst: Path, force: bool, report: RefineReport, kwargs: Dict[str, Any],
+def _finish(ckpt: ShardedCheckpoint, tmp: Path, dst: Path, force: bool, report: RefineReport, options: RefineOptions,
             world: int, report_path: Optional[Path]) -> None:
     """Writes the index and the record into ``tmp`` (and the report beside ``report_path``), then
     puts ``tmp`` in the place of ``dst`` and the report in its place: both or neither; without
@@ -372,7 +367,7 @@ def _finish(ckpt: ShardedCheckpoint, tmp: Path, dst: Path, force: bool, report: 
         (tmp / ckpt.index).write_text(json.dumps(index, indent=2) + "\n")
     record = {"svs_version": __version__, "torch": torch.__version__, "source": ckpt.root.resolve().name,
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "processes": world,
-              **{k: v for k, v in kwargs.items() if k not in ("dry_run", "stats")}, "report": report.to_dict()}
+              **options.recorded(), "report": report.to_dict()}
     (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     report_tmp = None if report_path is None else temp_path(report_path)
     old = None
@@ -427,9 +422,7 @@ def read_record(path: Path) -> Optional[RefineReport]:
 def cmd_refine_dir(args: Any) -> int:
     """``svs refine MODEL_DIR -o OUT_DIR``; under ``torchrun`` (``WORLD_SIZE`` > 1) every process
     runs it and refines its share, and rank 0 prints."""
-    import sys
-
-    from .cli_common import check_output, check_report
+    from .cli_common import check_output, check_report, refine_options
     from .distributed import from_env
 
     if not args.dry_run and not args.output:
@@ -440,11 +433,8 @@ def cmd_refine_dir(args: Any) -> int:
         check_output(resolve_output(Path(args.report)), args.force, [])
     group, device = from_env(args.device)
     try:
-        report = refine_dir(Path(args.input), output, preset=args.preset,
-                            include=args.include, exclude=args.exclude, map=args.map, method=args.method,
-                            certify=not args.no_certify, dry_run=args.dry_run, force=args.force, device=device, group=group,
-                            progress=not args.quiet and sys.stderr.isatty(),
-                            report_path=args.report and Path(args.report))
+        report = refine_dir(Path(args.input), output, force=args.force, device=device, group=group,
+                            report_path=args.report and Path(args.report), **dataclasses.asdict(refine_options(args)))
     finally:
         if group is not None:
             import torch.distributed as dist

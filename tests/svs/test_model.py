@@ -81,12 +81,12 @@ def test_report_comes_from_the_refinement_itself(monkeypatch):
     (it would raise here), before = the operator's spectra (float64 svdvals of the weights, to the
     Gram route's accuracy ~n * eps64 * kappa, far under 1e-9 here), after = the map applied to them
     (= svdvals of the new float64 weights), and the route column names the route each matrix took."""
-    import svs.tensors
+    import svs.engine
 
     def no_decomposition(*args, **kwargs):
         raise AssertionError("the report decomposed the weights again")
 
-    monkeypatch.setattr(svs.tensors, "singular_values", no_decomposition)
+    monkeypatch.setattr(svs.engine, "singular_values", no_decomposition)
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(30, 20), nn.Linear(20, 20)).double()
     with torch.no_grad():
@@ -109,7 +109,7 @@ def test_decompositions_run_on_the_callers_thread(monkeypatch, stats):
     too) ran ~7x slower (svs.interrupt). Inside svs.interrupt.own_process (the CLI), in the worker."""
     import threading
 
-    import svs.tensors
+    import svs.engine
     import svs.ops
 
     threads = []
@@ -177,19 +177,6 @@ def test_edge_tensors_are_skipped_and_reported():
     assert report.to_dict()["totals"]["skipped"] == 6 and "skipped 6" in str(report)
     with pytest.raises(ValueError, match=r"selects no weight among 2 tensors \(2 skipped"):
         svs.refine_state_dict({"x.weight": torch.zeros(0, 2), "x.bias": torch.zeros(0)})
-
-
-def test_batches_bound_the_work_of_one_call():
-    from svs.spectrum import MAX_WORK, batches
-
-    shapes = [(2048, 2048)] * 3 + [(64, 3, 3, 3), (8, 8)] * 5 + [(1024, 1024)] * 9
-    got = batches(shapes)
-    assert sorted(i for b in got for i in b) == list(range(len(shapes)))
-    for b in got:
-        rows, cols = shapes[b[0]][0], torch.Size(shapes[b[0]]).numel() // shapes[b[0]][0]
-        assert all(shapes[i][0] == rows and torch.Size(shapes[i]).numel() // rows == cols for i in b)
-        assert len(b) == 1 or len(b) * rows * cols * min(rows, cols) <= MAX_WORK
-    assert [len(b) for b in got] == [1, 1, 1, 5, 5, 4, 4, 1]  # 1024^3 = 2^30: four per call
 
 
 def test_parameters_on_the_meta_device_are_named():

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import svs
-from svs import sharded
+from svs import refinement, sharded
 from svs.io import CheckpointError
 from svs.testing import llama_state_dict, write_hf_dir
 
@@ -104,7 +104,7 @@ def test_out_dir_inside_model_dir(model_dir):
 @pytest.mark.parametrize("failure", [KeyboardInterrupt, svs.RefineError])
 def test_interrupted_or_failed_run_leaves_nothing(model_dir, tmp_path, monkeypatch, failure):
     calls = []
-    real = sharded.refine_tensors
+    real = refinement.refine_batch
 
     def second_call_fails(*args, **kwargs):
         calls.append(1)
@@ -112,7 +112,7 @@ def test_interrupted_or_failed_run_leaves_nothing(model_dir, tmp_path, monkeypat
             raise failure("parameter 'x' failed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sharded, "refine_tensors", second_call_fails)
+    monkeypatch.setattr(refinement, "refine_batch", second_call_fails)
     before = {p: p.read_bytes() for p in model_dir.iterdir()}
     with pytest.raises(failure):
         sharded.refine_dir(model_dir, tmp_path / "out")
@@ -249,7 +249,7 @@ def no_refining(monkeypatch):
     """Fails the test if any refining starts: malformed input must be found before it."""
     def refine(*args, **kwargs):
         raise AssertionError("refining started before the input was checked")
-    monkeypatch.setattr(sharded, "refine_tensors", refine)
+    monkeypatch.setattr(refinement, "refine_batch", refine)
 
 
 def index_with(root: Path, change) -> None:
@@ -342,7 +342,7 @@ def test_bytes_no_tensor_covers_are_refused(copy_dir, tmp_path, no_refining):
 def test_shard_truncated_while_the_run_reads_it(copy_dir, tmp_path, monkeypatch):
     """Promise: a truncated shard is one line naming it, exit 2, and a failed run leaves no OUT_DIR,
     also when it is cut short after the check (no SIGBUS, no traceback)."""
-    real = sharded.refine_tensors
+    real = refinement.refine_batch
 
     def truncate_then_refine(*args, **kwargs):
         for shard in copy_dir.glob("model-*.safetensors"):
@@ -350,7 +350,7 @@ def test_shard_truncated_while_the_run_reads_it(copy_dir, tmp_path, monkeypatch)
                 f.truncate(200)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sharded, "refine_tensors", truncate_then_refine)
+    monkeypatch.setattr(refinement, "refine_batch", truncate_then_refine)
     code, err = run_cli("refine", copy_dir, "-o", tmp_path / "out")
     assert code == 2 and len(err) == 1 and "changed while it was read" in err[0] and "model-0000" in err[0], err
     assert leftovers(tmp_path) == ["m"]
@@ -438,7 +438,7 @@ def test_second_run_on_an_output_being_written_fails(model_dir, tmp_path):
 def test_output_that_appears_while_running_is_not_replaced(model_dir, tmp_path, monkeypatch):
     """Promise: "an existing one is replaced only with --force", also when it appears meanwhile
     (another run finished first): one line, exit 2, the other output intact, nothing of ours left."""
-    real = sharded.refine_tensors
+    real = refinement.refine_batch
     out = tmp_path / "out"
 
     for contents in ({"theirs.txt": "x"}, {}):
@@ -448,7 +448,7 @@ def test_output_that_appears_while_running_is_not_replaced(model_dir, tmp_path, 
                 (out / name).write_text(text)
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(sharded, "refine_tensors", other_run_finishes)
+        monkeypatch.setattr(refinement, "refine_batch", other_run_finishes)
         code, err = run_cli("refine", model_dir, "-o", out)
         assert code == 2 and len(err) == 1 and "appeared while svs was writing it" in err[0], err
         assert sorted(p.name for p in out.iterdir()) == sorted(contents) and leftovers(tmp_path) == ["out"]

@@ -130,7 +130,7 @@ def fmt_speedup(row: Dict) -> str:
 
 
 def fmt_ratio(x: Optional[float]) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{x:.2f}x"
+    return "-" if x is None or not math.isfinite(x) else f"{x:.3f}x"  # the goal is 1.05x: 3 decimals
 
 
 LOW_PRECISION = ("bfloat16", "float16")

@@ -363,7 +363,7 @@ def test_error_ratio_column_and_goal_line():
     text = report.markdown(env, new, rows, settings)
     header = next(line for line in text.splitlines() if line.startswith("| workload | peer"))
     assert "| max rel err | err / per-layer err | note |" in header
-    assert "| b-bf16 | svs.refine auto | 50.0 | 50.0-50.0 | 2.10x | 2.2e-03 | 1.10x |" in text
+    assert "| b-bf16 | svs.refine auto | 50.0 | 50.0-50.0 | 2.10x | 2.2e-03 | 1.100x |" in text
     (goal,) = [line for line in text.splitlines() if line.startswith("- goal")]
     assert "b-bf16" in goal and "**missed**: error ratio 1.100x > 1.05x" in goal and "speedup" not in goal.split(":")[-1]
     rows[-1]["max_rel_err"] = 2.1e-3

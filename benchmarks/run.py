@@ -173,20 +173,24 @@ def run_workload(wl: Workload, peer_list: List[peers_mod.Peer], args, flush: har
         summary["copies"] = copies
 
         # 3. The float64 reference (on a subsample if it would be too slow or too big; low-precision
-        #    workloads: too big only).
-        ref_fn = lambda w, b: peers_mod.reference(w)  # noqa: E731
-        ref_limit = math.inf if wl.low_precision else args.max_run_s
-        ref_est = harness.estimate(ref_fn, wl, device, ref_limit, {full_key: base}, keep_output=True)
-        subset = harness.accuracy_subset(wl, ref_est.seconds, ref_limit,
-                                         int(0.25 * harness.memory_available(device)))
-        summary["error_over"] = ("all" if len(subset) == len(wl) else f"{len(subset)}/{len(wl)} matrices")
-        summary["reference_s"] = ref_est.seconds
-        log(f"   float64 reference over {summary['error_over']} ({ref_est.describe()})")
-        if ref_est.output is not None and len(subset) == len(wl):
-            refs = ref_est.output
+        #    workloads: every matrix that fits, computed once, not estimated).
+        mem = int(0.25 * harness.memory_available(device))
+        if wl.low_precision:
+            subset = harness.accuracy_subset(wl, 0.0, math.inf, mem)
+            ms, refs = harness.timed_call(peers_mod.reference, ([base[0][i] for i in subset],), device)
+            summary["reference_s"], how = ms / 1e3, f"{harness.fmt_seconds(ms / 1e3)}, measured"
         else:
-            refs = peers_mod.reference([base[0][i] for i in subset])
-        ref_est.output = None
+            ref_fn = lambda w, b: peers_mod.reference(w)  # noqa: E731
+            ref_est = harness.estimate(ref_fn, wl, device, args.max_run_s, {full_key: base}, keep_output=True)
+            subset = harness.accuracy_subset(wl, ref_est.seconds, args.max_run_s, mem)
+            summary["reference_s"], how = ref_est.seconds, ref_est.describe()
+            if ref_est.output is not None and len(subset) == len(wl):
+                refs = ref_est.output
+            else:
+                refs = peers_mod.reference([base[0][i] for i in subset])
+            ref_est.output = None
+        summary["error_over"] = ("all" if len(subset) == len(wl) else f"{len(subset)}/{len(wl)} matrices")
+        log(f"   float64 reference over {summary['error_over']} ({how})")
         _free(device)
 
         # 4. Time every planned peer.

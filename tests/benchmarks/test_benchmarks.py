@@ -173,11 +173,12 @@ def test_run_writes_table(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "| workload | peer | median ms |" in out and "subsample 12/100000" in out
-    files = sorted(p.suffix for p in tmp_path.iterdir())
-    assert files == [".json", ".md", ".png"]
     data = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert data["environment"]["device"] == "cpu" and data["environment"]["command"]
     rows = data["results"]
+    # the plot draws quoted speedups only: none when every row stalled (a loaded machine)
+    quoted = any(r.get("speedup") for r in rows)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".md"] + [".png"] * quoted
     ours = [r for r in rows if r["ours"] and r["status"] == "ok"]
     assert ours and all(r["max_rel_err"] < OURS_TOL for r in ours)
     ok = [r for r in rows if r["status"] == "ok"]

@@ -129,8 +129,38 @@ def fmt_speedup(row: Dict) -> str:
     return f"{s:.2f}x" if s < 100 else f"{s:,.0f}x"
 
 
+def fmt_ratio(x: Optional[float]) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.3f}x"  # the goal is 1.05x: 3 decimals
+
+
+LOW_PRECISION = ("bfloat16", "float16")
+GOAL_PEER = "svs.refine auto"  # the route a workload's goal is about
+
+
+def goal_lines(workloads: List[Dict], rows: List[Dict]) -> List[str]:
+    """One line per workload with a goal (min speedup, max error ratio): met, missed, or not known."""
+    lines = []
+    for w in workloads:
+        if not w.get("goal"):
+            continue
+        speed, ratio = w["goal"]
+        head = (f"- goal, {w['label']}: {GOAL_PEER} at least {speed:g}x torch.linalg.svd per layer "
+                f"(float32 SVD), with an error at most {ratio:g}x its")
+        r = next((r for r in rows if r["workload"] == w["label"] and r["peer"] == GOAL_PEER), None)
+        if r is None or r.get("speedup") is None or r.get("err_ratio") is None:
+            why = "no row" if r is None else (r.get("speedup_note") or r.get("reason") or r["status"])
+            lines.append(f"{head}: **not known** ({why})")
+            continue
+        missed = [f"speedup {r['speedup']:.2f}x < {speed:g}x"] if r["speedup"] < speed else []
+        missed += [f"error ratio {r['err_ratio']:.3f}x > {ratio:g}x"] if r["err_ratio"] > ratio else []
+        verdict = f"**missed**: {'; '.join(missed)}" if missed else "**met**"
+        lines.append(f"{head}: {r['speedup']:.2f}x, error ratio {r['err_ratio']:.3f}x: {verdict}")
+    return lines
+
+
 def markdown(env: Dict, workloads: List[Dict], rows: List[Dict], settings: Dict, complete: bool = True) -> str:
     lines = [f"# svs.refine benchmark: {env['device']} ({env['device_name']})", ""]
+    low = any(w.get("dtype") in LOW_PRECISION for w in workloads)  # adds the error-ratio column
     if not complete:
         lines += ["**INCOMPLETE**: the run had not finished when this was written (cut off by a time "
                   "limit, or still running): only the rows below were measured.", ""]
@@ -149,7 +179,8 @@ def markdown(env: Dict, workloads: List[Dict], rows: List[Dict], settings: Dict,
     lines.append(f"- method: {settings['warmup']} warm-up call on copy 0 (its result gives the error column), "
                  f"{settings['repeats']} timed calls cycling through rotated input copies, cache flush "
                  f"({settings['flush_mib']} MiB) before each; peers estimated over {settings['max_run_s']} s "
-                 f"per call are skipped.")
+                 f"per call are skipped" + (" (on float32 workloads: bf16/fp16 ones time every peer)."
+                                            if low else "."))
     if any(w["subsample"] for w in workloads):
         lines.append("- **SUBSAMPLED**: workloads marked [subsample k/N] use k evenly spaced matrices of N; "
                      "times are not those of the full workload.")
@@ -161,8 +192,8 @@ def markdown(env: Dict, workloads: List[Dict], rows: List[Dict], settings: Dict,
                      f"{w['largest']} | {w.get('copies', '-')} | {w.get('error_over', '-')} |")
     lines.append("")
     lines.append("| workload | peer | median ms | spread ms (min-max) | speedup vs torch.linalg.svd per layer "
-                 "| max rel err | note |")
-    lines.append("|---|---|---:|---|---:|---:|---|")
+                 "| max rel err |" + (" err / per-layer err |" if low else "") + " note |")
+    lines.append("|---|---|---:|---|---:|---:|" + ("---:|" if low else "") + "---|")
     for r in rows:
         if r["status"] == "ok":
             spread = f"{fmt_ms(r['min_ms'])}-{fmt_ms(r['max_ms'])}"
@@ -170,12 +201,22 @@ def markdown(env: Dict, workloads: List[Dict], rows: List[Dict], settings: Dict,
         else:
             spread = "-"
             note = f"{r['status']}: {r['reason']}"
+        ratio = f" {fmt_ratio(r.get('err_ratio'))} |" if low else ""
         lines.append(f"| {r['workload']} | {r['peer']} | {fmt_ms(r.get('median_ms'))} | {spread} | "
-                     f"{fmt_speedup(r)} | {fmt_err(r.get('max_rel_err'))} | {note} |")
+                     f"{fmt_speedup(r)} | {fmt_err(r.get('max_rel_err'))} |{ratio} {note} |")
     lines.append("")
     lines.append("max rel err: max over matrices of ||W' - W'_ref||_F / ||W'_ref||_F, W'_ref from a float64 "
                  "SVD of the same float32 input. A speedup is quoted only between two measured rows whose "
                  "timings are steady (max <= 2x min); never against an estimate.")
+    if low:
+        lines.append("")
+        lines.append("bf16/fp16 workloads (name ending -bf16/-fp16): the inputs are the rounded weights; W'_ref is "
+                     "computed from their exact values, and W' is each output as returned (in that dtype). The "
+                     "SVD peers do what PiSSA-style code does, W.float(), float32 SVD, .to(W.dtype), casts "
+                     "included in the time; svs.refine takes and returns the low-precision tensors. "
+                     "err / per-layer err: this row's max rel err over that of torch.linalg.svd per layer.")
+        goals = goal_lines(workloads, rows)
+        lines += [""] + goals if goals else []
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,8 @@
 """Every workload against every peer, in one process and one run; writes a table.
 
-    python -m benchmarks.run [--device cpu|cuda] [--workload NAME[,NAME...]] [--repeats N]
-                             [--quick | --max-matrices N] [--max-run-s S] [--peer SUBSTRING] [--out DIR]
+    python -m benchmarks.run [--device cpu|cuda] [--workload NAME[,NAME...] | --with NAME[,NAME...]]
+                             [--repeats N] [--quick | --max-matrices N] [--max-run-s S] [--peer SUBSTRING]
+                             [--out DIR]
     python -m benchmarks.run --list
     python -m benchmarks.run --merge A.json B.json [...]     # one table from several runs
 
@@ -9,6 +10,10 @@ Prints a Markdown table and writes <device>-<date>.{md,json,png} to --out (defau
 benchmarks/.cache/results, untracked; pass --out benchmarks/results for results to commit). The md
 and json are rewritten after every measured peer, so a run cut off by a time limit keeps its rows.
 See benchmarks/README.md for how to read it.
+
+bfloat16 / float16 workloads (`Workload.low_precision`, e.g. llm-8b-p-block-bf16) are run in full
+whatever --max-run-s and --quick say: every available peer is timed and the error is computed over
+every matrix (memory permitting), because their error column is the point.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import argparse
 import datetime as _dt
 import gc
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -35,6 +41,9 @@ STALL_SPREAD = 2.0
 # Left out of --quick unless named: even one of their matrices takes tens of seconds per peer and
 # for the float64 reference on a CPU (an 8B model's 9216x3072; SD 1.5's 1280x23040).
 NOT_QUICK = ("sd15-unet", "llm-8b-p")
+# Run only when named (--workload or --with): minutes to an hour per peer on a 2-core CPU, every
+# peer timed (the bf16 variants) or one matrix's worth of a full workload already in the default set.
+NAMED_ONLY = ("llm-8b-p-block", "llm-8b-p-block-bf16", "sd15-unet-bf16")
 
 
 def log(msg: str) -> None:
@@ -117,6 +126,9 @@ def run_workload(wl: Workload, peer_list: List[peers_mod.Peer], args, flush: har
         if peer.skip:
             rows.add(_row(wl, peer, "skipped", reason=peer.skip))
             continue
+        if wl.low_precision and not args.estimate_only:
+            plan.append((peer, None))  # timed whatever it costs (module docstring)
+            continue
         try:
             est = harness.estimate(peer.fn, wl, device, args.max_run_s, probe_cache)
         except Exception as e:  # noqa: BLE001 - a failing peer is a result, not a crash
@@ -148,9 +160,10 @@ def run_workload(wl: Workload, peer_list: List[peers_mod.Peer], args, flush: har
         avail = harness.memory_available(device)
         if need > 0.9 * avail:
             for peer, est in plan:
-                rows.add(_row(wl, peer, "skipped", estimate_s=est.seconds,
+                rows.add(_row(wl, peer, "skipped", estimate_s=est and est.seconds,
                                  reason=f"needs ~{need / 2**30:.1f} GiB for inputs and outputs, "
-                                        f"{avail / 2**30:.1f} GiB available; {est.describe()}"))
+                                        f"{avail / 2**30:.1f} GiB available"
+                                        + (f"; {est.describe()}" if est else "")))
             plan = []
     if plan:
         log(f"   generating {copies} input cop{'y' if copies == 1 else 'ies'} ({nbytes / 2**20:.0f} MiB each)")
@@ -159,19 +172,25 @@ def run_workload(wl: Workload, peer_list: List[peers_mod.Peer], args, flush: har
         inputs = [base] + [rotated_copy(*base, seed=k) for k in range(1, copies)]
         summary["copies"] = copies
 
-        # 3. The float64 reference (on a subsample if it would be too slow or too big).
-        ref_fn = lambda w, b: peers_mod.reference(w)  # noqa: E731
-        ref_est = harness.estimate(ref_fn, wl, device, args.max_run_s, {full_key: base}, keep_output=True)
-        subset = harness.accuracy_subset(wl, ref_est.seconds, args.max_run_s,
-                                         int(0.25 * harness.memory_available(device)))
-        summary["error_over"] = ("all" if len(subset) == len(wl) else f"{len(subset)}/{len(wl)} matrices")
-        summary["reference_s"] = ref_est.seconds
-        log(f"   float64 reference over {summary['error_over']} ({ref_est.describe()})")
-        if ref_est.output is not None and len(subset) == len(wl):
-            refs = ref_est.output
+        # 3. The float64 reference (on a subsample if it would be too slow or too big; low-precision
+        #    workloads: every matrix that fits, computed once, not estimated).
+        mem = int(0.25 * harness.memory_available(device))
+        if wl.low_precision:
+            subset = harness.accuracy_subset(wl, 0.0, math.inf, mem)
+            ms, refs = harness.timed_call(peers_mod.reference, ([base[0][i] for i in subset],), device)
+            summary["reference_s"], how = ms / 1e3, f"{harness.fmt_seconds(ms / 1e3)}, measured"
         else:
-            refs = peers_mod.reference([base[0][i] for i in subset])
-        ref_est.output = None
+            ref_fn = lambda w, b: peers_mod.reference(w)  # noqa: E731
+            ref_est = harness.estimate(ref_fn, wl, device, args.max_run_s, {full_key: base}, keep_output=True)
+            subset = harness.accuracy_subset(wl, ref_est.seconds, args.max_run_s, mem)
+            summary["reference_s"], how = ref_est.seconds, ref_est.describe()
+            if ref_est.output is not None and len(subset) == len(wl):
+                refs = ref_est.output
+            else:
+                refs = peers_mod.reference([base[0][i] for i in subset])
+            ref_est.output = None
+        summary["error_over"] = ("all" if len(subset) == len(wl) else f"{len(subset)}/{len(wl)} matrices")
+        log(f"   float64 reference over {summary['error_over']} ({how})")
         _free(device)
 
         # 4. Time every planned peer.
@@ -190,7 +209,7 @@ def run_workload(wl: Workload, peer_list: List[peers_mod.Peer], args, flush: har
                 q1, q3 = stats.iqr
                 rows.add(_row(wl, peer, "ok", median_ms=stats.median, min_ms=stats.min, max_ms=stats.max,
                                  q1_ms=q1, q3_ms=q3, times_ms=stats.times_ms, warmup_ms=stats.warmup_ms,
-                                 estimate_s=est.seconds, max_rel_err=err, max_bias_rel_err=berr,
+                                 estimate_s=est and est.seconds, max_rel_err=err, max_bias_rel_err=berr,
                                  out_dtype=str(out_w[0].dtype).replace("torch.", "")))
                 log(f"   {peer.name}: median {stats.median:.1f} ms [{stats.min:.1f}, {stats.max:.1f}] "
                     f"err {err:.1e}")
@@ -210,16 +229,19 @@ def stalled(row: Dict) -> bool:
 
 def add_speedups(rows: List[Dict]) -> None:
     """speedup = baseline median / row median, only between two measured, steady rows; otherwise
-    None, and `speedup_note` says why no number is quoted."""
+    None, and `speedup_note` says why no number is quoted. err_ratio = row error / baseline error
+    (same matrices, same reference; timing stalls do not matter to it), where both were measured."""
     by_wl: Dict[str, Dict] = {}
     for r in rows:
         if r["peer"] == peers_mod.BASELINE:
             by_wl[r["workload"]] = r
     for r in rows:
         b = by_wl.get(r["workload"])
-        r["speedup"], r["speedup_note"] = None, None
+        r["speedup"], r["speedup_note"], r["err_ratio"] = None, None, None
         if r["status"] != "ok" or b is None:
             continue
+        if b["status"] == "ok" and b.get("max_rel_err", 0) > 0 and math.isfinite(b["max_rel_err"]):
+            r["err_ratio"] = r["max_rel_err"] / b["max_rel_err"]
         if b["status"] != "ok":
             r["speedup_note"] = "baseline not measured" + (" (only estimated)" if b.get("estimate_s") else "")
         elif stalled(b) or stalled(r):
@@ -243,17 +265,22 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when available, else cpu")
     p.add_argument("--workload", action="append", metavar="NAME[,NAME]",
-                   help=f"workloads (repeatable, comma-separated; default all): {', '.join(WORKLOADS)}")
+                   help=f"workloads (repeatable, comma-separated; default all but {', '.join(NAMED_ONLY)}): "
+                        f"{', '.join(WORKLOADS)}")
+    p.add_argument("--with", dest="with_", action="append", metavar="NAME[,NAME]",
+                   help="add these workloads to the default set (or to --quick's)")
     p.add_argument("--peer", action="append", metavar="SUBSTRING",
                    help="only peers whose name contains one of these (the baseline is always kept)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per peer after 1 warm-up (default 5)")
     p.add_argument("--quick", action="store_true",
-                   help="each workload's quick subsample (ddpm 24, stylegan2 16, sd15 8, llm 2, tiny 2000 matrices); "
-                        f"without --workload, all but {', '.join(NOT_QUICK)}")
+                   help="each workload's quick subsample (ddpm 24, stylegan2 16, sd15 8, llm 2, tiny 2000 matrices; "
+                        "llm-8b-p-block and the bf16 variants are never subsampled); "
+                        f"without --workload, all but {', '.join(NOT_QUICK + NAMED_ONLY)}")
     p.add_argument("--max-matrices", type=int, default=None,
                    help="at most N evenly spaced matrices per workload (labelled as a subsample)")
     p.add_argument("--max-run-s", type=float, default=None,
-                   help="skip a peer whose estimated single call takes longer (default cpu 60, cuda 20)")
+                   help="skip a peer whose estimated single call takes longer (default cpu 60, cuda 20); "
+                        "bf16/fp16 workloads time every peer")
     p.add_argument("--no-skip", action="store_true", help="run peers whatever their estimate")
     p.add_argument("--estimate-only", action="store_true",
                    help="only estimate each peer's time per call from small probes (plans a full run)")
@@ -277,6 +304,8 @@ def parse_args(argv=None):
         args.max_run_s = DEFAULT_MAX_RUN_S[args.device]
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if args.workload and args.with_:
+        p.error("--with adds to the default workloads; name them all with --workload instead")
     return args
 
 
@@ -317,9 +346,13 @@ def main(argv=None) -> int:
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 peers really in float32
 
-    names = _split(args.workload) or [n for n in WORKLOADS if not (args.quick and n in NOT_QUICK)]
-    if args.quick and not args.workload:
-        log(f"--quick leaves out {', '.join(NOT_QUICK)} (name them with --workload)")
+    names = _split(args.workload) or [n for n in WORKLOADS if n not in NAMED_ONLY
+                                      and not (args.quick and n in NOT_QUICK)]
+    names += [n for n in _split(args.with_) if n not in names]
+    if not args.workload:
+        left_out = [n for n in NAMED_ONLY + (NOT_QUICK if args.quick else ()) if n not in names]
+        if left_out:
+            log(f"left out: {', '.join(left_out)} (name them with --workload or --with)")
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
         log(f"unknown workload(s) {unknown}; expected {', '.join(WORKLOADS)}")
@@ -333,7 +366,7 @@ def main(argv=None) -> int:
     if args.list:
         for n in names:
             s = get_workload(n).summary()
-            print(f"{n:18s} {s['matrices']:7d} matrices {s['shapes']:5d} shapes {s['params'] / 1e6:9.2f}M params  "
+            print(f"{n:20s} {s['dtype']:8s} {s['matrices']:7d} matrices {s['shapes']:5d} shapes {s['params'] / 1e6:9.2f}M params  "
                   f"largest {s['largest']:>11s}  quick {get_workload(n).quick}")
         for p in peer_list:
             print(f"peer: {p.name:40s} {'SKIP: ' + p.skip if p.skip else 'ok'}")

@@ -12,6 +12,10 @@ r = min(m, n), is M = U diag(s) V^T where
     s_0..s_2 = 1.0, 0.6, 0.4 (fewer when r <= 3), the rest log-linear from 0.2 down to 0.01,
     the last one always 0.01 (so kappa = 100 for every r >= 2; r = 1 gives s = [1]).
   * biases (where the layer has one): N(0, 0.1^2).
+  * low-precision variants (dtype bfloat16 or float16, name suffix '-bf16' / '-fp16'): the same
+    float32 weights and biases, drawn from the float32 twin's seed, rounded to the dtype (round to
+    nearest even); the rounded tensors are the input, and the float64 reference is computed from
+    their exact values.
 Cost: QR of m x r and n x r plus one (m x r)(r x n) product, i.e. about 4(m+n)r^2 + 2mnr flops
 per matrix, a fraction of one float32 SVD of the same matrix, in BLAS-3 (fast on CPU and GPU).
 Independent rotated copies for timing (`rotated_copy`) are exact orthogonal transforms of copy 0
@@ -27,7 +31,9 @@ needs diffusers or torch-pruning:
                             official config-f layout, skip architecture), 70 % channel sparsity.
   sd15-unet                 diffusers UNet2DConditionModel() default config (built on 'meta').
   llm-8b-p                  a width-pruned 8B transformer: 32 x (q, k, v, o, gate, up, down).
+  llm-8b-p-block            one block of llm-8b-p: its 7 full matrices.
   tiny-batch                100,000 matrices, m and n uniform in 1..32 (seed 0), no biases.
+  llm-8b-p-block-bf16, sd15-unet-bf16   the bfloat16 variants (see `low_precision`).
 """
 from __future__ import annotations
 
@@ -111,6 +117,24 @@ class Workload:
     quick: int  # matrices in the --quick subsample
     full_count: Optional[int] = None  # set on subsamples: matrices in the full workload
     seed: int = 0
+    dtype: torch.dtype = torch.float32  # of the weights and biases handed to the peers
+    seed_name: Optional[str] = None  # draws the weights of this workload (a variant: its float32 twin)
+    # (min speedup of 'svs.refine auto' over the baseline, max ratio of its error to the baseline's)
+    goal: Optional[Tuple[float, float]] = None
+
+    @property
+    def low_precision(self) -> bool:
+        """bfloat16 or float16 weights: the error is the point of these rows, so `benchmarks.run`
+        times every peer whatever its estimate, computes the error over every matrix (memory
+        permitting) and never subsamples them for --quick."""
+        return self.dtype in (torch.bfloat16, torch.float16)
+
+    def variant(self, dtype: torch.dtype, goal: Optional[Tuple[float, float]] = None) -> "Workload":
+        """This workload's weights rounded to `dtype`, named '<name>-bf16' (or -fp16)."""
+        suffix = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        return dataclasses.replace(
+            self, name=f"{self.name}-{suffix}", description=f"{self.description}; rounded to {suffix}",
+            dtype=dtype, seed_name=self.seed_name or self.name, quick=len(self), goal=goal)
 
     # ---- sizes -----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -148,8 +172,8 @@ class Workload:
         (svs.planner's, which splits work over ranks by the same model)."""
         return [m * n * min(m, n) + overhead for m, n in self.dims]
 
-    def nbytes(self, element_size: int = 4) -> int:
-        return (self.params + self.bias_params) * element_size
+    def nbytes(self) -> int:
+        return (self.params + self.bias_params) * self.dtype.itemsize
 
     def summary(self) -> Dict:
         dims = self.dims
@@ -158,6 +182,7 @@ class Workload:
             name=self.name, label=self.label, matrices=len(self), full_matrices=self.full_count or len(self),
             shapes=self.n_shapes, params=self.params, bias_params=self.bias_params,
             largest=f"{largest[0]}x{largest[1]}", description=self.description,
+            dtype=str(self.dtype).replace("torch.", ""), goal=self.goal,
         )
 
     # ---- subsamples ------------------------------------------------------------------------
@@ -180,22 +205,24 @@ class Workload:
     # ---- tensors ---------------------------------------------------------------------------
     def materialize(self, device="cpu", seed: Optional[int] = None
                     ) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
-        """float32 weights (each its own allocation, in its original shape) and biases."""
+        """Weights (each its own allocation, in its original shape) and biases in self.dtype:
+        drawn in float32, then rounded."""
         device = torch.device(device)
         seed = self.seed if seed is None else seed
+        name = self.seed_name or self.name
         weights: List[Optional[torch.Tensor]] = [None] * len(self)
         groups: Dict[Tuple[int, int], List[int]] = {}
         for i, d in enumerate(self.dims):
             groups.setdefault(d, []).append(i)
         for (m, n), idx in groups.items():
-            gen = torch.Generator(device=device).manual_seed(_seed_of(seed, self.name, m, n, len(idx)))
+            gen = torch.Generator(device=device).manual_seed(_seed_of(seed, name, m, n, len(idx)))
             mats = random_matrices(len(idx), m, n, gen, device)
             for j, i in enumerate(idx):
-                weights[i] = mats[j].reshape(self.shapes[i]).clone()
+                weights[i] = mats[j].reshape(self.shapes[i]).to(self.dtype, copy=True)
             del mats
-        gen = torch.Generator(device=device).manual_seed(_seed_of(seed, self.name, "bias"))
+        gen = torch.Generator(device=device).manual_seed(_seed_of(seed, name, "bias"))
         biases = [
-            torch.randn(s[0], generator=gen, device=device) * BIAS_STD if b else None
+            (torch.randn(s[0], generator=gen, device=device) * BIAS_STD).to(self.dtype) if b else None
             for s, b in zip(self.shapes, self.has_bias)
         ]
         return weights, biases  # type: ignore[return-value]
@@ -220,9 +247,9 @@ def group_by_shape(weights: Sequence[torch.Tensor]) -> Dict[Tuple[int, int], Lis
 def rotated_copy(weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]], seed: int
                  ) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
     """An independent copy for input rotation: P1 D1 M D2 P2 per matrix (random permutations P,
-    random signs D), the same permutation for all matrices of one shape. Exact in float32, so every
-    copy has exactly the spectrum of the original, and its SVS result is the same transform of the
-    original's."""
+    random signs D), the same permutation for all matrices of one shape. Exact in any dtype (the
+    signs are applied in the weight's own dtype), so every copy has exactly the spectrum of the
+    original, and its SVS result is the same transform of the original's."""
     out_w: List[Optional[torch.Tensor]] = [None] * len(weights)
     out_b: List[Optional[torch.Tensor]] = [None] * len(weights)
     for (m, n), idx in group_by_shape(weights).items():
@@ -230,11 +257,12 @@ def rotated_copy(weights: Sequence[torch.Tensor], biases: Sequence[Optional[torc
         gen = torch.Generator(device="cpu").manual_seed(_seed_of(seed, m, n))
         p = torch.randperm(m, generator=gen).to(dev)
         q = torch.randperm(n, generator=gen).to(dev)
-        d1 = (torch.randint(0, 2, (m, 1), generator=gen) * 2 - 1).float().to(dev)
-        d2 = (torch.randint(0, 2, (1, n), generator=gen) * 2 - 1).float().to(dev)
+        d1 = (torch.randint(0, 2, (m, 1), generator=gen) * 2 - 1).to(dev)
+        d2 = (torch.randint(0, 2, (1, n), generator=gen) * 2 - 1).to(dev)
         for i in idx:
             w = weights[i]
-            out_w[i] = ((w.reshape(m, n)[p][:, q] * d1) * d2).reshape(w.shape).contiguous()
+            flipped = (w.reshape(m, n)[p][:, q] * d1.to(w.dtype)) * d2.to(w.dtype)
+            out_w[i] = flipped.reshape(w.shape).contiguous()
             b = biases[i]
             out_b[i] = None if b is None else b[p].contiguous()
     return out_w, out_b  # type: ignore[return-value]
@@ -349,15 +377,23 @@ def _sd15() -> Workload:
                        model_shapes.load("sd15-unet"), quick=8)
 
 
-def _llm() -> Workload:
+def _llm(blocks: int = LLM_BLOCKS) -> Workload:
     names, shapes = [], []
-    for i in range(LLM_BLOCKS):
+    for i in range(blocks):
         for proj, o, n in LLM_PROJ:
             names.append(f"model.layers.{i}.{proj}.weight")
             shapes.append((o, n))
-    return Workload("llm-8b-p", "width-pruned 8B transformer: 32 x q,o 3072x3072; k,v 1024x3072; "
+    if blocks == LLM_BLOCKS:
+        name, what, quick = "llm-8b-p", f"{blocks} x ", 2
+    else:  # one block: never subsampled (full matrices, no extrapolation)
+        name, what, quick = "llm-8b-p-block", "one block of ", len(shapes)
+    return Workload(name, f"width-pruned 8B transformer: {what}q,o 3072x3072; k,v 1024x3072; "
                     "gate,up 9216x3072; down 3072x9216; no biases",
-                    tuple(names), tuple(shapes), (False,) * len(shapes), quick=2)
+                    tuple(names), tuple(shapes), (False,) * len(shapes), quick=quick)
+
+
+# Issue 24's goal on the bf16 block: svs.refine auto >= 2x per-layer float32 SVD, error <= 1.05x its.
+LLM_BLOCK_BF16_GOAL = (2.0, 1.05)
 
 
 def _tiny(count: int = TINY_COUNT) -> Workload:
@@ -377,6 +413,9 @@ WORKLOADS: Dict[str, Callable[[], Workload]] = {
     "sd15-unet": _sd15,
     "llm-8b-p": _llm,
     "tiny-batch": _tiny,
+    "llm-8b-p-block": lambda: _llm(blocks=1),
+    "llm-8b-p-block-bf16": lambda: _llm(blocks=1).variant(torch.bfloat16, goal=LLM_BLOCK_BF16_GOAL),
+    "sd15-unet-bf16": lambda: _sd15().variant(torch.bfloat16),
 }
 
 
@@ -392,5 +431,5 @@ if __name__ == "__main__":  # python -m benchmarks.workloads: list the workloads
     for key in WORKLOADS:
         w = get_workload(key)
         s = w.summary()
-        print(f"{key:18s} {s['matrices']:7d} matrices {s['shapes']:5d} shapes {s['params'] / 1e6:9.2f}M params "
+        print(f"{key:20s} {s['dtype']:8s} {s['matrices']:7d} matrices {s['shapes']:5d} shapes {s['params'] / 1e6:9.2f}M params "
               f"(+{s['bias_params'] / 1e3:.1f}k bias) largest {s['largest']:>11s}  {w.description}")

@@ -187,6 +187,16 @@ def test_mistake_is_one_line_and_changes_nothing(typed, message, workdir, capsys
     assert snapshot(workdir) == before
 
 
+def test_cli_fails_on_a_failed_certificate_unless_told_not_to_check(tmp_path, capsys):
+    torch.save({"a.weight": torch.randn(8, 6), "a.bias": torch.randn(8)}, tmp_path / "in.pt")
+    out = tmp_path / "out.pt"
+    torch.ops.svs._corrupt_next("reverse", 0)
+    assert main(["refine", str(tmp_path / "in.pt"), "-o", str(out), "-q"]) == 2 and not out.exists()
+    assert "parameter 'a.weight'" in capsys.readouterr().err
+    torch.ops.svs._corrupt_next("reverse", 0)
+    assert main(["refine", str(tmp_path / "in.pt"), "-o", str(out), "-q", "--no-certify"]) == 0 and out.exists()
+
+
 def test_debug_shows_the_traceback(workdir, monkeypatch):
     with pytest.raises(io.CheckpointError):
         main(["refine", "random.pt", "-o", "out.pt", "--debug"])
@@ -262,6 +272,31 @@ def test_console_script_is_installed():
     assert SCRIPT.exists(), "pip install -e . should install the svs console script"
     result = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "refine" in result.stdout and "demo" in result.stdout
+
+
+def test_experiment_commands_join_through_their_entry_point():
+    """svs.cli does not import svs.experiments (tests/test_layers.py): the demo and the pipeline's
+    commands come from the svs.commands entry point that pyproject.toml registers."""
+    from importlib.metadata import entry_points
+
+    from svs.cli import COMMANDS
+
+    assert [e.value for e in entry_points(group=COMMANDS)] == ["svs.experiments.cli:add_experiment_commands"]
+    assert {"prune", "finetune", "sample", "demo"} <= set(subcommands())
+
+
+def test_core_commands_work_without_the_registered_ones(workdir, capsys, monkeypatch):
+    """An entry point that cannot be imported (a package half installed) is left out: refine and
+    inspect work, and the help lists what is there."""
+    import importlib.metadata
+
+    from svs.cli import COMMANDS
+
+    broken = importlib.metadata.EntryPoint(name="broken", value="svs_no_such_package.cli:add", group=COMMANDS)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [broken] if group == COMMANDS else [])
+    assert set(subcommands()) == {"svs", "refine", "inspect"}
+    assert main(["refine", "good.pt", "-o", "out.pt", "-q"]) == 0 and Path("out.pt").exists()
+    assert main([]) == 0 and "demo" not in capsys.readouterr().out
 
 
 # ---- output errors on every output kind, colliding runs, tied tensors ---------------------------

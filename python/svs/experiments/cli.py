@@ -1,7 +1,8 @@
 """The subcommands of the digits pipeline (``svs demo``, ``prune``, ``finetune``, ``sample``).
 
-They are added to the ``svs`` command by :func:`add_experiment_commands`; the pipeline itself is
-imported only when one runs, so ``svs refine`` and ``svs inspect`` work without the extra.
+:func:`add_experiment_commands` adds them to the ``svs`` command, which finds it through the
+``svs.commands`` entry point (pyproject.toml); the pipeline itself is imported only when one runs,
+so the commands are listed, and ``svs refine`` and ``svs inspect`` work, without the extra.
 """
 from __future__ import annotations
 

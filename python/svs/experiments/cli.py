@@ -15,7 +15,7 @@ from .. import io
 from ..cli_common import HelpFormatter, UsageError, check_image, check_output, progress_default
 from ..extras import require
 from ..model import refine_model
-from ..plots import plot_spectra, pyplot
+from ..plots import plot_spectra, pyplot, save_figure
 from ..spectrum import singular_values
 
 
@@ -85,7 +85,7 @@ def _plot_fid(results: dict, teacher_fid: float, path: str) -> None:
     ax.set_ylabel("FID (classifier features)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

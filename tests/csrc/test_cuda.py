@@ -190,9 +190,9 @@ def test_spectra_match_aten_route_on_the_same_gpu(method):
     weight's device) as the ATen route's within 1e-10 * s_max (float64 inputs, kappa 1e2: the
     Gram routes' error n * eps64 * kappa * s_max <= 7e-12 for n <= 300), and a CUDA route code."""
     ws = [torch.from_numpy(with_spectrum(*s, 1e2, 2.0, 40 + i)) for i, s in enumerate(SHAPES)]
-    new_w, _, spectra, routes = torch.ops.refine_with_spectra(on_device(ws), [None] * len(ws), "sqrt", 1e-8, method)
+    new_w, _, spectra, routes = torch.ops.svs.refine_with_spectra(on_device(ws), [None] * len(ws), "sqrt", 1e-8, method)
     plain_w, _ = refine(on_device(ws), method=method)
-    _, _, aten_spectra, aten_routes = torch.ops.refine_with_spectra(on_device(ws), [None] * len(ws), "sqrt", 1e-8, "aten")
+    _, _, aten_spectra, aten_routes = torch.ops.svs.refine_with_spectra(on_device(ws), [None] * len(ws), "sqrt", 1e-8, "aten")
     names = list(torch.ops.svs._route_names())
     for nw, pw, s, a in zip(new_w, plain_w, spectra, aten_spectra):
         assert_matches(nw.cpu(), pw.cpu().numpy(), 1e-12)
@@ -344,7 +344,7 @@ def test_opcheck_inplace():
 
 @requires_cuda
 def test_compiles_with_torch_compile():
-    fn = torch.compile(lambda ws, bs: torch.ops.refine(ws, bs), fullgraph=True, backend="aot_eager")
+    fn = torch.compile(lambda ws, bs: torch.ops.svs.refine(ws, bs), fullgraph=True, backend="aot_eager")
     w, b = torch.randn(12, 5), torch.randn(12)
     (nw,), (nb,) = fn([w.to(DEVICE)], [b.to(DEVICE)])
     check_against_cpu(w, nw.cpu())

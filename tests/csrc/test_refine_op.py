@@ -182,7 +182,7 @@ def test_spectra_are_the_singular_values(method):
         w = with_spectrum(m, n, 1e2, 3.0, seed + i)
         ws.append(torch.from_numpy(w).reshape(shape))
         expected.append(3.0 * np.logspace(0, -2, min(m, n)))
-    new_w, _, spectra, routes = torch.ops.refine_with_spectra(ws, [None] * len(ws), "sqrt", 1e-8, method)
+    new_w, _, spectra, routes = torch.ops.svs.refine_with_spectra(ws, [None] * len(ws), "sqrt", 1e-8, method)
     plain_w, _ = refine(ws, method=method)
     assert routes.dtype == torch.int8 and routes.shape == (len(ws),)
     names = route_names()
@@ -200,7 +200,7 @@ def test_spectra_routes_and_rank_under_auto(rng):
     ill = torch.from_numpy(with_spectrum(30, 20, 1e6, 1.0, 2))
     base = rng.standard_normal((3, 20))
     low = torch.from_numpy(np.stack([base[i % 3] * (-2.0) ** (i % 4) for i in range(30)]))  # exactly rank 3
-    _, _, spectra, routes = torch.ops.refine_with_spectra([well, ill, low], [None] * 3, "sqrt", 1e-8, "auto")
+    _, _, spectra, routes = torch.ops.svs.refine_with_spectra([well, ill, low], [None] * 3, "sqrt", 1e-8, "auto")
     names = route_names()
     assert [names[r] for r in routes.tolist()] == ["aten:gram", "aten:svd", "aten:svd"]
     assert torch.count_nonzero(spectra[2]) == 3
@@ -213,7 +213,7 @@ def test_map_spectrum_is_the_spectrum_of_the_refined_weight(map):
     compared with svdvals of the float64 output, to 1e-9 of its largest value (the output's own
     error bound 1e-8 relative in Frobenius norm, for kappa 1e2 on the Gram route far smaller)."""
     ws = [torch.from_numpy(with_spectrum(*s, 1e2, 3.0, 60 + i)) for i, s in enumerate([(20, 30), (45, 12), (8, 8)])]
-    new_w, _, spectra, _ = torch.ops.refine_with_spectra(ws, [None] * len(ws), map, 1e-8, "auto")
+    new_w, _, spectra, _ = torch.ops.svs.refine_with_spectra(ws, [None] * len(ws), map, 1e-8, "auto")
     for nw, s in zip(new_w, spectra):
         after = torch.ops.svs._map_spectrum(s, map)
         expected = torch.linalg.svdvals(nw)
@@ -240,7 +240,7 @@ def test_opcheck_inplace_with_missing_bias():
 
 
 def test_compiles_with_torch_compile():
-    fn = torch.compile(lambda ws, bs: torch.ops.refine(ws, bs), fullgraph=True, backend="aot_eager")
+    fn = torch.compile(lambda ws, bs: torch.ops.svs.refine(ws, bs), fullgraph=True, backend="aot_eager")
     w, b = torch.randn(12, 5), torch.randn(12)
     (nw,), (nb,) = fn([w], [b])
     assert_matches(nw, reference_refine(w))
@@ -264,9 +264,9 @@ def test_bad_input_raises_and_changes_nothing(make, match):
     ws, bs = make()
     before = [t.clone() for t in ws + [b for b in bs if b is not None]]
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.refine(ws, bs)
+        torch.ops.svs.refine(ws, bs)
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.refine_(ws, bs)
+        torch.ops.svs.refine_(ws, bs)
     for a, e in zip(ws + [b for b in bs if b is not None], before):
         assert torch.equal(a.nan_to_num(), e.nan_to_num())
 
@@ -275,9 +275,9 @@ def test_bad_input_raises_and_changes_nothing(make, match):
 def test_bad_map(map, match):
     w = torch.randn(4, 4)
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.refine([w], [None], map)
+        torch.ops.svs.refine([w], [None], map)
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.refine_([w], [None], map)
+        torch.ops.svs.refine_([w], [None], map)
 
 
 def test_aten_method_is_the_cpu_route(rng):
@@ -295,7 +295,7 @@ def test_bad_method_and_eps():
     with pytest.raises(ValueError, match="method 'jacobi' is not available on CPU"):
         refine([torch.randn(4, 4)], method="jacobi")
     with pytest.raises(RuntimeError, match="eps must be finite and > 0"):
-        torch.ops.refine([torch.randn(4, 4)], [None], "sqrt", 0.0, "auto")
+        torch.ops.svs.refine([torch.randn(4, 4)], [None], "sqrt", 0.0, "auto")
 
 
 # Largest |entry| of the test matrices per dtype (powers of two, so the reference scales exactly):

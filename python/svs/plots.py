@@ -1,8 +1,8 @@
 """Figures: the spectrum histogram (the paper's Figure 1(b)) and image grids. They need the
 optional ``plot`` extra (matplotlib); without it each raises :class:`svs.extras.MissingExtra`.
 
-Every figure is saved by :func:`save_figure`, byte for byte the same for the same data (docs/results
-tracks some): no date, no matplotlib version, fixed SVG ids."""
+Every figure is saved by :func:`save_figure`, byte for byte the same for the same data in PNG, PDF
+and SVG (docs/results tracks some): no date, no matplotlib version, fixed SVG ids."""
 from __future__ import annotations
 
 import contextlib
@@ -27,10 +27,10 @@ def pyplot():
 
 
 # Per format, the metadata that would change the bytes of an unchanged figure (savefig's metadata=:
-# None drops an entry): the matplotlib version everywhere, the date in PDF and SVG.
+# None drops an entry): the matplotlib version everywhere, the date in PDF and SVG. The formats the
+# help names (PNG, PDF, SVG) are byte-stable; PostScript writes its date and file name regardless.
 STABLE_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
-                   "svg": {"Creator": None, "Date": None}, "eps": {"Creator": None, "CreationDate": None},
-                   "ps": {"Creator": None, "CreationDate": None}}
+                   "svg": {"Creator": None, "Date": None}}
 
 
 @contextlib.contextmanager

@@ -131,9 +131,11 @@ if [[ "$STAGE" == 1 ]]; then
   if "$PYTHON" .ci/check_cuda_build.py > "$WORK/check.log" 2>&1; then done_step check ok; else done_step check FAILED; fi
   cat "$WORK/check.log"
 
-  # Route correctness first (xdist hands tests out in this order), then the Triton kernels.
+  # Route correctness first (xdist hands tests out in this order), then the Triton kernels, then
+  # refine_model on CUDA (the one GPU test of the svs package).
   GPU_TESTS=(${SVS_GPU_TESTS:-tests/csrc/test_cuda.py tests/csrc tests/svs_kernels/test_triton_ops.py
-             tests/csrc/test_build.py::test_cuda_libraries_are_torchs})
+             tests/csrc/test_build.py::test_cuda_libraries_are_torchs
+             tests/svs/test_model.py::test_refine_model_on_cuda_matches_cpu})
   LIMIT=$(( $(left) - 15 ))
   step "GPU tests, at most $LIMIT s: ${GPU_TESTS[*]}"
   if (( LIMIT < 30 )); then

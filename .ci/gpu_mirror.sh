@@ -11,7 +11,10 @@
 #      each, .ci/gpu_report.py check-out: at most 8 files, none over 16 MiB or deeper than two
 #      folders, and the summary is the last thing printed;
 #   2. the CMake library with -DSVS_CUDA=ON, and the same check of it;
-#   3. the whole test suite (python -m pytest tests -q) on torch 2.11, the CMake test on that library.
+#   3. the whole test suite (python -m pytest tests -q) on torch 2.11, the CMake test on that library,
+#      with the core alone: the extras' modules (diffusers, torch_pruning, sklearn, matplotlib) made
+#      unimportable by .ci/core_only/sitecustomize.py, so every test that needs one must skip
+#      (issue 21, item 2); the main CI run (.ci/run) has them all and runs those tests.
 # The mirror builds in a copy of the work tree (.cache/mirror-src), so the CPU build of .venv in the
 # tree (svs_kernels/_C*.so, cmake-build/) is left alone. Results: .cache/mirror-results/.
 # Every part runs even if one before it failed; the exit status is non-zero if any failed.
@@ -83,9 +86,10 @@ else
   FAILED+=("CMake build")
 fi
 
-part "3. tests on torch 2.11: python -m pytest tests -q"
-(cd "$SRC" && SVS_CMAKE_LIB="$SRC/cmake-build/libsvs_ops.so" "$VENV/bin/python" -m pytest tests -q) \
-  || FAILED+=("pytest")
+part "3. tests on torch 2.11, the core alone (PYTHONPATH=.ci/core_only): python -m pytest tests -q"
+(cd "$SRC" && PYTHONPATH="$SRC/.ci/core_only" SVS_CMAKE_LIB="$SRC/cmake-build/libsvs_ops.so" \
+   "$VENV/bin/python" -m pytest tests -q) \
+  || FAILED+=("pytest (core alone)")
 
 echo
 if (( ${#FAILED[@]} )); then

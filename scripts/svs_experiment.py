@@ -117,8 +117,9 @@ def _paired(rows, base) -> str:
 
 def report(args: argparse.Namespace) -> None:
     """Tables and figures of every run in OUT/runs: results.md's table section is rewritten, the
-    text around it is kept; the figures are redrawn."""
-    from svs.plots import pyplot
+    text around it is kept; the figures are redrawn, the same bytes for the same runs
+    (svs.plots.save_figure)."""
+    from svs.plots import pyplot, save_figure
 
     out = Path(args.out)
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
@@ -160,7 +161,7 @@ def report(args: argparse.Namespace) -> None:
         ax.set(yscale="log", title=f"{imp}, sparsity {ratio:.0%}", xlabel="fine-tuning step", ylabel="FID")
     max(axes[0], key=lambda a: len(a.lines)).legend(fontsize=7)  # the panel with every variant
     fig.tight_layout()
-    fig.savefig(out / "fid_vs_steps.png")
+    save_figure(fig, out / "fid_vs_steps.png")
     plt.close(fig)
     lines += ["", "FID along fine-tuning: `fid_vs_steps.png`.", ""]
 
@@ -184,7 +185,7 @@ def report(args: argparse.Namespace) -> None:
         ax.set(yscale="log", xlabel="fine-tuning step", ylabel="FID", title=f"taylor, sparsity 50 %, {steps[-1]} steps")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / "fid_long.png")
+        save_figure(fig, out / "fid_long.png")
         plt.close(fig)
         lines += ["", "Curves: `fid_long.png`.", ""]
 

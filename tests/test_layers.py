@@ -40,24 +40,7 @@ LAYER = {
 }
 
 # (file, imported module): why the file still imports above its layer.
-EXCEPTIONS = {
-    ("python/svs/cli.py", "svs.experiments.cli"):
-        "registration of experiment subcommands, issue 21 item 1, still to do",
-    ("tests/csrc/test_refine_op.py", "svs"):
-        "operator tests that go through the svs.refine wrapper, issue 21 item 1, still to do",
-    ("tests/csrc/test_cuda.py", "svs"):
-        "operator tests that go through the svs.refine wrapper, issue 21 item 1, still to do",
-    ("tests/csrc/test_certificate.py", "svs"):
-        "the certificate's all-or-nothing tests of refine_/refine_model (belong in tests/svs), issue 21 item 1, "
-        "still to do",
-    ("tests/csrc/test_certificate.py", "svs.cli"):
-        "the certificate's all-or-nothing test of the CLI (belongs in tests/svs), issue 21 item 1, still to do",
-    ("tests/svs_kernels/test_fake.py", "svs"):
-        "test_meta_model_is_one_clear_error tests svs.refine_model (belongs in tests/svs/test_model.py), "
-        "issue 21 item 1, still to do",
-    ("tests/svs/test_model.py", "svs.experiments.pruning"):
-        "the pruned DDPM fixture of the refine_model tests, issue 21 item 2, still to do",
-}
+EXCEPTIONS = {}
 
 LAYER_NAMES = {KERNELS: "svs_kernels", CORE: "svs (core)", EXPERIMENTS: "svs.experiments",
                HARNESS: "benchmarks/scripts", TESTS: "tests"}

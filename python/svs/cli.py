@@ -1,5 +1,6 @@
-"""The ``svs`` command: refine a checkpoint or inspect its spectra; the demo and the digits pipeline's
-subcommands come from :mod:`svs.experiments.cli`.
+"""The ``svs`` command: refine a checkpoint or inspect its spectra. More subcommands join from the
+installed packages' ``svs.commands`` entry points (pyproject.toml registers the demo and the digits
+pipeline's, :mod:`svs.experiments.cli`), so this module imports none of them.
 
 Every ordinary mistake (a wrong path, a corrupt file, a bad regular expression, an unwritable
 output, a closed pipe) is one line on stderr and exit status 2; ``--debug`` or ``SVS_DEBUG=1``
@@ -23,7 +24,6 @@ import torch
 from . import __version__, io
 from .cli_common import (HelpFormatter, UsageError, check_image, check_output, check_report, progress_default,
                          refine_options, resolve_output)
-from .experiments.cli import add_experiment_commands
 from .extras import MissingExtra
 from .interrupt import own_process
 from .layouts import of_directory
@@ -39,6 +39,9 @@ from .presets import PRESETS
 class Terminated(KeyboardInterrupt):
     """SIGTERM, stopped the same clean way as Ctrl-C."""
 
+
+# The entry point group of the subcommands other packages (and svs.experiments) add.
+COMMANDS = "svs.commands"
 
 # Errors that are the user's or the system's, not the program's: one line, no traceback.
 ORDINARY = (UsageError, ValueError, OSError, RefineError, MemoryError, MissingExtra)
@@ -187,8 +190,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="only the summary: no table, no progress bar")
     p.set_defaults(func=cmd_inspect)
 
-    add_experiment_commands(sub, common, loads)
+    for add_commands in _registered_commands():
+        add_commands(sub, common, loads)
     return parser
+
+
+def _registered_commands():
+    """The functions of the ``svs.commands`` entry points, in name order: each adds its subcommands
+    to the ``svs`` subparsers, given the parents of the global options (``common``) and of the
+    loading options (``loads``). One that cannot be imported is left out, so ``svs refine`` and
+    ``svs inspect`` work whatever else is installed."""
+    from importlib.metadata import entry_points
+
+    found = []
+    for entry in sorted(entry_points(group=COMMANDS), key=lambda e: e.name):
+        try:
+            found.append(entry.load())
+        except ImportError:
+            continue
+    return found
 
 
 class _Version(argparse.Action):

@@ -1,7 +1,11 @@
 """Figures: the spectrum histogram (the paper's Figure 1(b)) and image grids. They need the
-optional ``plot`` extra (matplotlib); without it each raises :class:`svs.extras.MissingExtra`."""
+optional ``plot`` extra (matplotlib); without it each raises :class:`svs.extras.MissingExtra`.
+
+Every figure is saved by :func:`save_figure`, byte for byte the same for the same data in PNG, PDF
+and SVG (docs/results tracks some): no date, no matplotlib version, fixed SVG ids."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -20,6 +24,30 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+# Per format, the metadata that would change the bytes of an unchanged figure (savefig's metadata=:
+# None drops an entry): the matplotlib version everywhere, the date in PDF and SVG. The formats the
+# help names (PNG, PDF, SVG) are byte-stable; PostScript writes its date and file name regardless.
+STABLE_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+                   "svg": {"Creator": None, "Date": None}}
+
+
+@contextlib.contextmanager
+def stable_options(path):
+    """savefig's / imsave's ``format`` (from the suffix; PNG without one) and ``metadata`` for
+    ``path``, under a fixed SVG id salt: the same figure gives the same bytes."""
+    import matplotlib
+
+    fmt = Path(path).suffix[1:].lower() or "png"
+    with matplotlib.rc_context({"svg.hashsalt": "svs"}):
+        yield {"format": fmt, "metadata": STABLE_METADATA.get(fmt)}
+
+
+def save_figure(fig, path) -> None:
+    """``fig.savefig(path)``, byte-stable (:func:`stable_options`)."""
+    with stable_options(path) as options:
+        fig.savefig(path, **options)
 
 
 def check_image_path(path: Path) -> None:
@@ -42,7 +70,10 @@ def plot_spectra(
 
     values = {k: torch.cat([s.flatten() for s in v]).numpy() for k, v in spectra.items()}
     positive = np.concatenate([v[v > 0] for v in values.values()])
-    bins = np.logspace(np.log10(positive.min()), np.log10(positive.max()), 60)
+    # Bin edges on a grid of 1/20 decade, so that a spectrum that differs in its last bits (another
+    # BLAS, thread count or machine) draws the same curves: the figure depends on the counts only.
+    lo, hi = np.floor(np.log10(positive.min()) * 20) / 20, np.ceil(np.log10(positive.max()) * 20) / 20
+    bins = np.logspace(lo, max(hi, lo + 0.05), 60)
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     for label, v in values.items():
         kept = v[v > 0]
@@ -54,7 +85,7 @@ def plot_spectra(
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -70,4 +101,5 @@ def save_image_grid(images: torch.Tensor, path, nrow: int = 8, scale: int = 4) -
         r, c = divmod(i, nrow)
         grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + c * (w + 1): 1 + c * (w + 1) + w] = (img + 1) / 2
     grid = grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    plt.imsave(str(path), grid.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+    with stable_options(path) as options:
+        plt.imsave(str(path), grid.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1, **options)

@@ -3,11 +3,12 @@
 1. It catches every corruption the test hook svs::_corrupt_next makes of one result, the way a bug
    would (transposed layout, reversed or rotated singular values, a wrong map, unconverged
    singular vectors, two results of a batch swapped): on the CPU routes (svd, gram, auto) as a
-   RuntimeError naming the weight, with nothing written by refine_ / refine_model; on the Triton
-   reconstruction (interpreter on the CPU) through svs::_certify; on CUDA (skipped without a GPU)
-   as one warning and a recomputation on the aten route. Each corruption is also shown to change
-   the result by far more than the dtype's tolerance (certify=False returns it), so no test here
-   passes because the hook did nothing.
+   RuntimeError naming the weight, with nothing written by refine_ (nor by refine_model and svs
+   refine: tests/svs/test_model.py, test_cli.py); on the Triton reconstruction (interpreter on
+   the CPU) through svs::_certify; on CUDA (skipped without a GPU) as one warning and a
+   recomputation on the aten route. Each corruption is also shown to change the result by far
+   more than the dtype's tolerance (certify=False returns it), so no test here passes because the
+   hook did nothing.
 2. It never fails a correct result: a derandomized property test over shapes down to 1x1, kappa up
    to 1e12, rank-deficient inputs, magnitudes from 1e-100 to 1e100 (float64), every dtype, map
    and CPU method.
@@ -18,10 +19,9 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
-from torch import nn
 
-import svs
 import svs_kernels
+from tests.csrc.calls import refine, refine_, refine_with_spectra
 from tests.reference import TOL, assert_matches, rel_err, reference_refine, triton_interpreter_problem
 
 KINDS = ["transpose", "reverse", "permute", "map", "unconverged", "swap"]
@@ -58,26 +58,26 @@ def weights(shape, dtype, seed, count=3, device="cpu"):
 @pytest.mark.parametrize("kind", KINDS)
 def test_cpu_certificate_catches_every_corruption(kind, shape, method, dtype, seed):
     ws = weights(shape, dtype, seed)
-    good, _ = svs.refine(ws, method=method)
+    good, _ = refine(ws, method=method)
     torch.ops.svs._corrupt_next(kind, 1)
-    bad, _ = svs.refine(ws, method=method, certify=False)  # the hook did corrupt it
+    bad, _ = refine(ws, method=method, certify=False)  # the hook did corrupt it
     assert rel_err(bad[1], good[1].double().numpy()) > 20 * TOL[dtype]
     torch.ops.svs._corrupt_next(kind, 1)
     with pytest.raises(RuntimeError, match=r"the result for weights\[1\] .*route aten:(svd|gram|gram32)\) fails its certificate"):
-        svs.refine(ws, method=method)
+        refine(ws, method=method)
 
 
 def test_the_hook_fires_once_and_on_the_named_weight(seed):
     ws = weights((20, 30), torch.float32, seed)
-    good, _ = svs.refine(ws)
+    good, _ = refine(ws)
     torch.ops.svs._corrupt_next("reverse", 2)
-    bad, _ = svs.refine(ws, certify=False)
+    bad, _ = refine(ws, certify=False)
     assert [torch.equal(a, b) for a, b in zip(bad, good)] == [True, True, False]
-    again, _ = svs.refine(ws)  # disarmed
+    again, _ = refine(ws)  # disarmed
     assert all(torch.equal(a, b) for a, b in zip(again, good))
     torch.ops.svs._corrupt_next("reverse", 5)
     with pytest.raises(RuntimeError, match=r"weights\[5\] is not in a call of 3 weights"):
-        svs.refine(ws)
+        refine(ws)
     with pytest.raises(RuntimeError, match="unknown kind 'scramble'"):
         torch.ops.svs._corrupt_next("scramble", 0)
 
@@ -90,38 +90,8 @@ def test_refine_inplace_writes_nothing_when_a_certificate_fails(seed):
     before = [t.clone() for t in ws + bs]
     torch.ops.svs._corrupt_next("swap", 2)
     with pytest.raises(RuntimeError, match=r"weights\[2\] .*fails its certificate"):
-        svs.refine_(ws, bs)
+        refine_(ws, bs)
     assert all(torch.equal(a, b) for a, b in zip(ws + bs, before))
-
-
-def test_refine_model_is_all_or_nothing_on_a_failed_certificate():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 6), nn.Linear(6, 6))
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    torch.ops.svs._corrupt_next("reverse", 0)
-    with pytest.raises(svs.RefineError, match=r"parameter '\d\.weight' .*fails its certificate"):
-        svs.refine_model(model)
-    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
-    state = {n: t.clone() for n, t in before.items()}
-    torch.ops.svs._corrupt_next("map", 0)
-    with pytest.raises(svs.RefineError, match="fails its certificate"):
-        svs.refine_state_dict(state)
-    assert all(torch.equal(state[n], before[n]) for n in state)
-    torch.ops.svs._corrupt_next("map", 0)
-    svs.refine_model(model, certify=False)  # the switch reaches the operator: no error
-    assert not all(torch.equal(p, before[n]) for n, p in model.named_parameters())
-
-
-def test_cli_fails_on_a_failed_certificate_unless_told_not_to_check(tmp_path, capsys):
-    from svs.cli import main
-
-    torch.save({"a.weight": torch.randn(8, 6), "a.bias": torch.randn(8)}, tmp_path / "in.pt")
-    out = tmp_path / "out.pt"
-    torch.ops.svs._corrupt_next("reverse", 0)
-    assert main(["refine", str(tmp_path / "in.pt"), "-o", str(out), "-q"]) == 2 and not out.exists()
-    assert "parameter 'a.weight'" in capsys.readouterr().err
-    torch.ops.svs._corrupt_next("reverse", 0)
-    assert main(["refine", str(tmp_path / "in.pt"), "-o", str(out), "-q", "--no-certify"]) == 0 and out.exists()
 
 
 def scores(ws, outs, spectra, routes, map="sqrt", reconstruct=0.0):
@@ -147,8 +117,8 @@ def test_symmetry_probes_see_what_the_norms_cannot(seed):
 
 def test_certify_is_cheap_to_switch_off_and_changes_nothing(seed):
     ws = weights((20, 30), torch.float32, seed)
-    a, _ = svs.refine(ws)
-    b, _ = svs.refine(ws, certify=False)
+    a, _ = refine(ws)
+    b, _ = refine(ws, certify=False)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
@@ -172,7 +142,7 @@ def test_no_false_alarm(shape, log_kappa, rank, dtype_scale, map, method, seed):
     dtype, scale = dtype_scale
     w = torch.from_numpy(with_spectrum(*shape, 10**log_kappa, scale, seed, rank)).to(dtype)
     try:
-        svs.refine([w], map=map, method=method)
+        refine([w], map=map, method=method)
     except RuntimeError as err:  # a map that takes the result past the dtype's range is not an alarm
         assert "overflows" in str(err), str(err)
 
@@ -192,7 +162,7 @@ def test_no_false_alarm_at_the_extremes(map, method, seed):
              torch.from_numpy(with_spectrum(40, 64, 1e3, 1e85, seed))]
     for w in cases:
         try:
-            svs.refine([w], map=map, method=method)
+            refine([w], map=map, method=method)
         except RuntimeError as err:
             assert "overflows" in str(err), str(err)
 
@@ -262,7 +232,7 @@ def test_cuda_recomputes_a_failed_result_on_the_aten_route(kind, shape, method, 
     ws = weights(shape, torch.float32, seed, device="cuda")
     torch.ops.svs._corrupt_next(kind, 1)
     with pytest.warns(UserWarning, match=r"failed the certificate .*weights\[1\] \(cuda:[a-z-]+, [a-z-]+ residual"):
-        new_w, _, _, routes = svs.refine_with_spectra(ws, method=method)
+        new_w, _, _, routes = refine_with_spectra(ws, method=method)
     assert routes[1].startswith("fallback:aten:") and not routes[0].startswith("fallback")
     assert_matches(new_w[1], reference_refine(ws[1]), 1e-5)
     if kind == "swap":
@@ -276,7 +246,7 @@ def test_cuda_recomputes_a_failed_result_on_the_aten_route(kind, shape, method, 
 def test_cuda_no_false_alarm(dtype, method, seed, recwarn):
     shapes = [(1, 1), (1, 200), (7, 40), (32, 32), (33, 33), (64, 288), (288, 64)]
     ws = [torch.from_numpy(with_spectrum(*s, 1e4, 2.0, seed + i)).to(dtype).cuda() for i, s in enumerate(shapes)]
-    _, _, _, routes = svs.refine_with_spectra(ws, method=method)
+    _, _, _, routes = refine_with_spectra(ws, method=method)
     assert not any(r.startswith("fallback") for r in routes)
     assert not [w for w in recwarn if "certificate" in str(w.message)]
 

@@ -21,7 +21,6 @@ the same input values.
 - float16 / bfloat16 out: reference.TOL (the output's rounding, 2^-11 / 2^-8, dominates).
 - CUDA against the CPU kernel directly: the sum of both kernels' tolerances.
 """
-import copy
 import re
 from pathlib import Path
 
@@ -29,8 +28,8 @@ import numpy as np
 import pytest
 import torch
 
-import svs
 import svs_kernels
+from tests.csrc.calls import refine, refine_
 from tests.reference import TOL, assert_matches, reference_bias, reference_refine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +71,7 @@ def check_against_cpu(w: torch.Tensor, out: torch.Tensor, map: str = "sqrt", met
     assert out.dtype == w.dtype and out.shape == w.shape and out.is_contiguous()
     tol = CUDA_TOL[w.dtype]
     assert_matches(out, reference_refine(w, map), tol)
-    (cpu,), _ = svs.refine([w.cpu()], map=map, method=method)
+    (cpu,), _ = refine([w.cpu()], map=map, method=method)
     assert_matches(out, cpu.double().numpy(), tol + TOL[w.dtype])
 
 
@@ -87,7 +86,7 @@ def test_matches_reference_and_cpu(shape, dtype, log_kappa, method):
         pytest.skip("method='gram' is only accurate for kappa <= 1e4 (float64 Gram: eps64 * kappa^1.5)")
     seed = hash((shape, log_kappa)) % 2**32
     w = torch.from_numpy(with_spectrum(*shape, 10.0**log_kappa, 3.0, seed)).to(dtype)
-    (out,), _ = svs.refine(on_device([w]), map="sqrt", method=method)
+    (out,), _ = refine(on_device([w]), map="sqrt", method=method)
     assert out.device.type == torch.device(DEVICE).type
     check_against_cpu(w, out.cpu())
 
@@ -98,7 +97,7 @@ def test_matches_reference_and_cpu(shape, dtype, log_kappa, method):
 def test_half_precision_inputs(dtype, method):
     shapes = [(1, 9), (9, 1), (20, 30), (16, 144), (64, 288), (150, 40)]
     ws = [torch.from_numpy(with_spectrum(*s, 1e3, 1.0, i)).to(dtype) for i, s in enumerate(shapes)]
-    new_w, _ = svs.refine(on_device(ws), method=method)
+    new_w, _ = refine(on_device(ws), method=method)
     for w, nw in zip(ws, new_w):
         check_against_cpu(w, nw.cpu())
 
@@ -109,7 +108,7 @@ def test_half_precision_inputs(dtype, method):
 def test_every_map(map, method):
     shapes = [(1, 5), (12, 20), (10, 70), (48, 96)]
     ws = [torch.from_numpy(with_spectrum(*s, 1e2, 1.0, 7 + i)).float() for i, s in enumerate(shapes)]
-    new_w, _ = svs.refine(on_device(ws), map=map, method=method)
+    new_w, _ = refine(on_device(ws), map=map, method=method)
     for w, nw in zip(ws, new_w):
         check_against_cpu(w, nw.cpu(), map=map)
 
@@ -125,7 +124,7 @@ def test_mixed_shapes_ndims_and_dtypes_in_one_call(method, rng):
             ((24, 16, 1, 1), torch.float16), ((10, 20), torch.float64), ((300, 30), torch.float32)]
     ws = [torch.from_numpy(rng.standard_normal(s)).to(d) for s, d in spec]
     bs = [torch.from_numpy(rng.standard_normal(s[0])).to(d) if i % 2 else None for i, (s, d) in enumerate(spec)]
-    new_w, new_b = svs.refine(on_device(ws), on_device(bs), method=method)
+    new_w, new_b = refine(on_device(ws), on_device(bs), method=method)
     for w, b, nw, nb in zip(ws, bs, new_w, new_b):
         check_against_cpu(w, nw.cpu())
         assert (nb is None) == (b is None)
@@ -143,8 +142,8 @@ def test_many_small_matrices(method):
     shapes = [(int(g.integers(1, 33)), int(g.integers(1, 33))) for _ in range(3000)]
     shapes += [(int(g.integers(1, 33)), int(g.integers(33, 200))) for _ in range(300)]
     ws = [torch.from_numpy(g.standard_normal(s)).float() for s in shapes]
-    new_w, _ = svs.refine(on_device(ws), method=method)
-    cpu_w, _ = svs.refine(ws, method="svd")
+    new_w, _ = refine(on_device(ws), method=method)
+    cpu_w, _ = refine(ws, method="svd")
     for w, nw, cw in zip(ws, new_w, cpu_w):
         assert nw.shape == w.shape
         assert_matches(nw.cpu(), cw.double().numpy(), CUDA_TOL[torch.float32] + TOL[torch.float32])
@@ -157,7 +156,7 @@ def test_gram_beyond_batched_eigensolver_size(method):
     streams, next to a batched shape in the same call."""
     ws = [torch.from_numpy(with_spectrum(1100, 1300, 1e2, 1.0, 1)).float(),
           torch.from_numpy(with_spectrum(80, 90, 1e2, 1.0, 2)).float()]
-    new_w, _ = svs.refine(on_device(ws), method=method)
+    new_w, _ = refine(on_device(ws), method=method)
     for w, nw in zip(ws, new_w):
         assert_matches(nw.cpu(), reference_refine(w), CUDA_TOL[torch.float32])
 
@@ -173,8 +172,8 @@ def test_cusolver_routes_match_aten_route_on_the_same_gpu(method, dtype):
     log_kappa = 3  # inside the Gram route's accuracy range, so method="gram" is compared too
     ws = [torch.from_numpy(with_spectrum(*s, 10.0**log_kappa, 2.0, seed + i)).to(dtype) for i, s in enumerate(SHAPES)]
     bs = [torch.linspace(-1, 1, w.shape[0], dtype=dtype) for w in ws]
-    new_w, new_b = svs.refine(on_device(ws), on_device(bs), method=method)
-    aten_w, aten_b = svs.refine(on_device(ws), on_device(bs), method="aten")
+    new_w, new_b = refine(on_device(ws), on_device(bs), method=method)
+    aten_w, aten_b = refine(on_device(ws), on_device(bs), method="aten")
     for w, nw, aw in zip(ws, new_w, aten_w):
         assert nw.dtype == aw.dtype == w.dtype and nw.shape == aw.shape == w.shape
         assert_matches(nw.cpu(), aw.cpu().double().numpy(), CUDA_TOL[dtype] + TOL[dtype])
@@ -192,7 +191,7 @@ def test_spectra_match_aten_route_on_the_same_gpu(method):
     Gram routes' error n * eps64 * kappa * s_max <= 7e-12 for n <= 300), and a CUDA route code."""
     ws = [torch.from_numpy(with_spectrum(*s, 1e2, 2.0, 40 + i)) for i, s in enumerate(SHAPES)]
     new_w, _, spectra, routes = torch.ops.svs.refine_with_spectra(on_device(ws), [None] * len(ws), "sqrt", 1e-8, method)
-    plain_w, _ = svs.refine(on_device(ws), method=method)
+    plain_w, _ = refine(on_device(ws), method=method)
     _, _, aten_spectra, aten_routes = torch.ops.svs.refine_with_spectra(on_device(ws), [None] * len(ws), "sqrt", 1e-8, "aten")
     names = list(torch.ops.svs._route_names())
     for nw, pw, s, a in zip(new_w, plain_w, spectra, aten_spectra):
@@ -211,8 +210,8 @@ def test_small_route_beyond_one_batch():
     g = torch.Generator().manual_seed(5)
     stack = torch.randn(2**17 + 1000, 3, 5, generator=g)
     ws = list(stack.to(DEVICE).unbind(0))
-    new_w, _ = svs.refine(ws, method="auto")
-    aten_w, _ = svs.refine(ws, method="aten")
+    new_w, _ = refine(ws, method="auto")
+    aten_w, _ = refine(ws, method="aten")
     out, ref = torch.stack(new_w).double(), torch.stack(aten_w).double()
     err = (out - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
     assert err.max().item() <= CUDA_TOL[torch.float32] + TOL[torch.float32], err.argmax().item()
@@ -225,8 +224,8 @@ def test_batched_eigensolver_beyond_one_chunk(method):
     (kTuning.max_eigh_batch = 4096)."""
     g = torch.Generator().manual_seed(6)
     ws = list(torch.randn(5000, 40, 50, generator=g).to(DEVICE).unbind(0))
-    new_w, _ = svs.refine(ws, method=method)
-    aten_w, _ = svs.refine(ws, method="aten")
+    new_w, _ = refine(ws, method=method)
+    aten_w, _ = refine(ws, method="aten")
     out, ref = torch.stack(new_w).double(), torch.stack(aten_w).double()
     err = (out - ref).flatten(1).norm(dim=1) / ref.flatten(1).norm(dim=1)
     assert err.max().item() <= CUDA_TOL[torch.float32] + TOL[torch.float32], err.argmax().item()
@@ -236,7 +235,7 @@ def test_batched_eigensolver_beyond_one_chunk(method):
 def test_large_ill_conditioned_matrix_is_redone_exactly():
     """kappa 1e7 at 600 x 900: outside the Gram route's range, so "auto" redoes it with gesvd."""
     w = torch.from_numpy(with_spectrum(600, 900, 1e7, 1.0, 8)).float()
-    (out,), _ = svs.refine(on_device([w]), method="auto")
+    (out,), _ = refine(on_device([w]), method="auto")
     check_against_cpu(w, out.cpu())
 
 
@@ -261,7 +260,7 @@ def test_exact_rank_deficiency_is_kept(shape, dtype, method, rng):
     w = torch.from_numpy(np.ascontiguousarray(a if m <= n else a.T)).to(dtype)
     assert w.shape == shape
     assert np.linalg.matrix_rank(w.double().numpy()) == r
-    (out,), _ = svs.refine(on_device([w]), method=method)
+    (out,), _ = refine(on_device([w]), method=method)
     out = out.cpu()
     s_out = np.linalg.svd(out.double().numpy(), compute_uv=False)
     noise = {torch.float64: 1e-13, torch.float32: 1e-6}[dtype]
@@ -284,7 +283,7 @@ def test_non_contiguous_inputs(make_view, method, rng):
     w_cpu = make_view(base)
     w = make_view(base.to(DEVICE))
     assert not w.is_contiguous()
-    (out,), _ = svs.refine([w], method=method)
+    (out,), _ = refine([w], method=method)
     assert out.is_contiguous() and out.shape == w.shape
     check_against_cpu(w_cpu, out.cpu())
 
@@ -296,10 +295,10 @@ def test_bias_rule(dtype, rng):
     long_b = torch.from_numpy(rng.standard_normal(100) * 10 ** rng.uniform(-3, 3)).to(dtype)
     b = long_b[::2]  # non-contiguous
     zero = torch.zeros(50, dtype=dtype)
-    _, (nb, nz) = svs.refine(on_device([w, w]), on_device([b, zero]), eps=1e-8)
+    _, (nb, nz) = refine(on_device([w, w]), on_device([b, zero]), eps=1e-8)
     assert nb.dtype == dtype and nb.shape == b.shape
     assert_matches(nb.cpu(), reference_bias(b))
-    _, (cpu_b,) = svs.refine([w], [b], eps=1e-8)
+    _, (cpu_b,) = refine([w], [b], eps=1e-8)
     assert_matches(nb.cpu(), cpu_b.double().numpy())
     assert torch.count_nonzero(nz) == 0
 
@@ -309,7 +308,7 @@ def test_bias_rule(dtype, rng):
 def test_zero_matrices_stay_zero(method):
     ws = [torch.zeros(8, 12), torch.zeros(40, 3), torch.zeros(70, 50)]
     for map in MAPS:
-        new_w, _ = svs.refine(on_device(ws), map=map, method=method)
+        new_w, _ = refine(on_device(ws), map=map, method=method)
         assert all(torch.count_nonzero(nw) == 0 for nw in new_w)
 
 
@@ -318,9 +317,9 @@ def test_zero_matrices_stay_zero(method):
 def test_inplace_matches_functional(rng):
     ws = [torch.from_numpy(rng.standard_normal(s)).float().to(DEVICE) for s in [(16, 8, 3, 3), (30, 20), (16, 8, 3, 3)]]
     bs = on_device([torch.randn(16), None, torch.randn(16)])
-    new_w, new_b = svs.refine(ws, bs, map="log1p")
+    new_w, new_b = refine(ws, bs, map="log1p")
     ws2, bs2 = [w.clone() for w in ws], [None if b is None else b.clone() for b in bs]
-    svs.refine_(ws2, bs2, map="log1p")
+    refine_(ws2, bs2, map="log1p")
     # refine_ calls the kernel per shape group, so batch composition differs: allow rounding.
     for a, e in zip(ws2, new_w):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
@@ -354,25 +353,7 @@ def test_compiles_with_torch_compile():
 @requires_cuda
 def test_bad_method_on_cuda():
     with pytest.raises(ValueError, match="method 'qr' is not available on CUDA; expected auto, aten"):
-        svs.refine(on_device([torch.randn(4, 4)]), method="qr")
-
-
-@requires_cuda
-def test_refine_model_on_cuda_matches_cpu():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 40, 3, bias=False),
-        torch.nn.Flatten(), torch.nn.Linear(40 * 4 * 4, 64), torch.nn.Linear(64, 10),
-    )
-    cpu_model, gpu_model = copy.deepcopy(model), copy.deepcopy(model).to(DEVICE)
-    svs.refine_model(cpu_model, preset="generic")
-    svs.refine_model(gpu_model, preset="generic")
-    before = dict(model.named_parameters())
-    for name, p in gpu_model.named_parameters():
-        assert p.device.type == torch.device(DEVICE).type
-        expected = dict(cpu_model.named_parameters())[name].detach().double().numpy()
-        assert not np.allclose(expected, before[name].detach().double().numpy()), name
-        assert_matches(p.detach().cpu(), expected, CUDA_TOL[torch.float32] + TOL[torch.float32])
+        refine(on_device([torch.randn(4, 4)]), method="qr")
 
 
 # ---- always run (CPU too) ------------------------------------------------------------------------

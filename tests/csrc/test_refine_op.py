@@ -14,7 +14,7 @@ import torch
 from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra.numpy import arrays  # noqa: F401  (hypothesis.extra is part of the pin)
 
-import svs
+from tests.csrc.calls import refine, refine_
 from tests.reference import assert_matches, reference_bias, reference_refine
 
 MAPS = ["sqrt", "log1p", "abslog", "power:0.3", "ones", "spectral", "square", "identity"]
@@ -53,9 +53,9 @@ def test_matches_float64_reference(shape, log_kappa, log_scale, dtype, map, meth
     assume(abs(largest / torch.finfo(dtype).max - 1) > 0.01)
     if largest > torch.finfo(dtype).max:
         with pytest.raises(RuntimeError, match=r"weights\[0\] overflows"):
-            svs.refine([w], map=map, method=method)
+            refine([w], map=map, method=method)
         return
-    (out,), _ = svs.refine([w], map=map, method=method)
+    (out,), _ = refine([w], map=map, method=method)
     assert out.dtype == dtype and out.shape == w.shape
     assert_matches(out, ref)
 
@@ -66,14 +66,14 @@ def test_overflowing_result_names_the_weight_and_changes_nothing():
     ws = [torch.randn(6, 5, generator=g).half(), (torch.randn(4, 5, generator=g) * 300).half()]
     keep = [w.clone() for w in ws]
     with pytest.raises(RuntimeError, match=r"the refined weights\[1\] overflows Half: map 'square'"):
-        svs.refine(ws, map="square")
+        refine(ws, map="square")
     assert all(torch.equal(a, b) for a, b in zip(ws, keep))
     # In place, all or nothing: the error names the caller's index and no weight is written
     # (the other shape group's result was computed first).
     with pytest.raises(RuntimeError, match=r"the refined weights\[1\] overflows"):
-        svs.refine_(ws, map="square")
+        refine_(ws, map="square")
     assert all(torch.equal(a, b) for a, b in zip(ws, keep))
-    (ok,), _ = svs.refine([ws[1].float()], map="square")  # the way out the message names
+    (ok,), _ = refine([ws[1].float()], map="square")  # the way out the message names
     assert torch.isfinite(ok).all()
 
 
@@ -81,7 +81,7 @@ def test_overflowing_result_names_the_weight_and_changes_nothing():
 @given(shape=shapes, log_kappa=st.floats(0, 4), seed=st.integers(0, 2**32 - 1), map=st.sampled_from(MAPS))
 def test_gram_route_within_its_conditioning_range(shape, log_kappa, seed, map):
     w = torch.from_numpy(with_spectrum(*shape, 10**log_kappa, 1.0, seed))
-    (out,), _ = svs.refine([w], map=map, method="gram")
+    (out,), _ = refine([w], map=map, method="gram")
     assert_matches(out, reference_refine(w, map))
 
 
@@ -89,7 +89,7 @@ def test_many_shapes_and_ndims_in_one_call(rng):
     shapes = [(64, 32, 3, 3), (10, 20), (64, 32, 3, 3), (1, 7), (7, 1), (3, 4, 5), (128, 2304), (5, 5, 1, 1)]
     ws = [torch.from_numpy(rng.standard_normal(s)).float() for s in shapes]
     bs = [torch.from_numpy(rng.standard_normal(s[0])).float() if i % 2 else None for i, s in enumerate(shapes)]
-    new_w, new_b = svs.refine(ws, bs)
+    new_w, new_b = refine(ws, bs)
     for w, b, nw, nb in zip(ws, bs, new_w, new_b):
         assert nw.shape == w.shape
         assert_matches(nw, reference_refine(w))
@@ -106,7 +106,7 @@ def test_many_shapes_and_ndims_in_one_call(rng):
 def test_non_contiguous_inputs(make_view, rng):
     w = make_view(torch.from_numpy(rng.standard_normal((30, 24))).float())
     assert not w.is_contiguous()
-    (out,), _ = svs.refine([w])
+    (out,), _ = refine([w])
     assert out.is_contiguous()
     assert_matches(out, reference_refine(w))
 
@@ -123,7 +123,7 @@ def test_exact_rank_deficiency_is_kept(dtype, method, rng):
     rows = [base[i % r] * (-2.0) ** (i % 3) for i in range(12)] + [np.zeros(n)] * 4
     w = torch.from_numpy(np.stack(rows)).to(dtype)
     assert np.linalg.matrix_rank(w.double().numpy()) == r
-    (out,), _ = svs.refine([w], method=method)
+    (out,), _ = refine([w], method=method)
     s_out = np.linalg.svd(out.double().numpy(), compute_uv=False)
     noise = {torch.float64: 1e-13, torch.float32: 1e-6}[dtype]  # ~ 1000 x the output's unit round-off
     assert s_out[r - 1] > 1e-3 * s_out[0]
@@ -134,7 +134,7 @@ def test_exact_rank_deficiency_is_kept(dtype, method, rng):
 def test_zero_matrix_and_zero_bias_stay_zero():
     w, b = torch.zeros(8, 12), torch.zeros(8)
     for map in MAPS:
-        (nw,), (nb,) = svs.refine([w], [b], map=map)
+        (nw,), (nb,) = refine([w], [b], map=map)
         assert torch.count_nonzero(nw) == 0 and torch.count_nonzero(nb) == 0
 
 
@@ -142,7 +142,7 @@ def test_zero_matrix_and_zero_bias_stay_zero():
 def test_bias_rule(dtype, rng):
     w = torch.from_numpy(rng.standard_normal((50, 9))).to(dtype)
     b = torch.from_numpy(rng.standard_normal(50) * 10 ** rng.uniform(-3, 3)).to(dtype)
-    _, (nb,) = svs.refine([w], [b], eps=1e-8)
+    _, (nb,) = refine([w], [b], eps=1e-8)
     assert nb.dtype == dtype
     assert_matches(nb, reference_bias(b))
 
@@ -150,9 +150,9 @@ def test_bias_rule(dtype, rng):
 def test_inplace_matches_functional(rng):
     ws = [torch.from_numpy(rng.standard_normal(s)).float() for s in [(16, 8, 3, 3), (30, 20), (16, 8, 3, 3)]]
     bs = [torch.randn(16), None, torch.randn(16)]
-    new_w, new_b = svs.refine(ws, bs, map="log1p")
+    new_w, new_b = refine(ws, bs, map="log1p")
     ws2, bs2 = [w.clone() for w in ws], [None if b is None else b.clone() for b in bs]
-    svs.refine_(ws2, bs2, map="log1p")
+    refine_(ws2, bs2, map="log1p")
     for a, e in zip(ws2 + [b for b in bs2 if b is not None], new_w + [b for b in new_b if b is not None]):
         torch.testing.assert_close(a, e, rtol=0, atol=0)
 
@@ -183,11 +183,11 @@ def test_spectra_are_the_singular_values(method):
         ws.append(torch.from_numpy(w).reshape(shape))
         expected.append(3.0 * np.logspace(0, -2, min(m, n)))
     new_w, _, spectra, routes = torch.ops.svs.refine_with_spectra(ws, [None] * len(ws), "sqrt", 1e-8, method)
-    plain_w, _ = svs.refine(ws, method=method)
+    plain_w, _ = refine(ws, method=method)
     assert routes.dtype == torch.int8 and routes.shape == (len(ws),)
     names = route_names()
     for w, nw, pw, s, e, r in zip(ws, new_w, plain_w, spectra, expected, routes.tolist()):
-        assert torch.equal(nw, pw)  # the same computation as svs.refine
+        assert torch.equal(nw, pw)  # the same computation as torch.ops.svs.refine
         assert s.dtype == torch.float64 and s.shape == (len(e),)
         assert np.max(np.abs(s.numpy() - e)) <= 1e-10 * e[0]
         assert names[r] == ("aten:svd" if method == "svd" else "aten:gram")
@@ -285,15 +285,15 @@ def test_aten_method_is_the_cpu_route(rng):
     fallback); on the CPU it is the CPU kernel's own "auto" route, to the bit."""
     ws = [torch.from_numpy(rng.standard_normal(s)).float() for s in [(8, 3, 3, 3), (40, 7), (5, 5)]]
     bs = [torch.randn(8), None, torch.randn(5)]
-    auto_w, auto_b = svs.refine(ws, bs, method="auto")
-    aten_w, aten_b = svs.refine(ws, bs, method="aten")
+    auto_w, auto_b = refine(ws, bs, method="auto")
+    aten_w, aten_b = refine(ws, bs, method="aten")
     assert all(torch.equal(a, e) for a, e in zip(aten_w, auto_w))
     assert torch.equal(aten_b[0], auto_b[0]) and aten_b[1] is None and torch.equal(aten_b[2], auto_b[2])
 
 
 def test_bad_method_and_eps():
     with pytest.raises(ValueError, match="method 'jacobi' is not available on CPU"):
-        svs.refine([torch.randn(4, 4)], method="jacobi")
+        refine([torch.randn(4, 4)], method="jacobi")
     with pytest.raises(RuntimeError, match="eps must be finite and > 0"):
         torch.ops.svs.refine([torch.randn(4, 4)], [None], "sqrt", 0.0, "auto")
 
@@ -329,7 +329,7 @@ def test_scale_invariant_over_each_dtypes_range(dtype, where, method, map, seed)
     assert np.abs(x_unit).max() > 0.4, "the input kept its magnitude"
     k = int(e * DEGREE[map])
     ref_unit = reference_refine(torch.from_numpy(x_unit), map)
-    (out,), _ = svs.refine([x], map=map, method=method)
+    (out,), _ = refine([x], map=map, method=method)
     assert torch.isfinite(out).all() and out.abs().max() > 0
     # Compared at unit size (exact powers of two), so that tiny outputs are not compared absolutely.
     out_unit = torch.from_numpy(np.ldexp(out.double().numpy(), -k)).to(dtype)
@@ -346,7 +346,7 @@ def test_singular_values_past_float64s_range_are_never_silently_wrong(method, se
     e = 1022
     x = torch.from_numpy(np.ldexp(y / np.abs(y).max(), e))
     try:
-        (out,), _ = svs.refine([x], map="sqrt", method=method)
+        (out,), _ = refine([x], map="sqrt", method=method)
     except RuntimeError as err:
         assert "weights[0]" in str(err)
         return

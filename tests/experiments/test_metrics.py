@@ -21,6 +21,7 @@ from svs.experiments.data import digits
 
 @pytest.fixture(scope="module")
 def data():
+    pytest.importorskip("sklearn")  # the digits; the metrics themselves are torch and numpy
     torch.set_num_threads(1)
     return digits()
 

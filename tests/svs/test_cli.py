@@ -140,6 +140,8 @@ _MISSING_EXPERIMENTS = [m for m in ("diffusers", "torch_pruning", "sklearn") if 
 # found; without it they stop at the extra's one-line error, which tests/svs/test_extras.py checks.
 needs_experiments = [pytest.mark.skip(reason=f"the 'experiments' extra is not installed ({', '.join(_MISSING_EXPERIMENTS)})")
                      ] if _MISSING_EXPERIMENTS else []
+PLOTS = importlib.util.find_spec("matplotlib") is not None
+needs_plot = [] if PLOTS else [pytest.mark.skip(reason="the 'plot' extra is not installed (matplotlib)")]
 
 MISTAKES = [
     ("refine nothere.pt -o out.pt", "nothere.pt: No such file or directory"),
@@ -167,7 +169,7 @@ MISTAKES = [
     ("refine good.pt", "give the output file with -o (or --dry-run to only report)"),
     ("refine good.pt -o out.pt --report out.pt", "--report out.pt is the output"),
     ("refine good.pt -o out.pt --report missing/r.json", "folder missing does not exist"),
-    ("inspect good.pt --plot spectrum.xyz", "unknown image type .xyz"),
+    pytest.param("inspect good.pt --plot spectrum.xyz", "unknown image type .xyz", marks=needs_plot),
     ("inspect good.pt --plot missing/spectrum.png", "folder missing does not exist"),
     ("inspect good.pt --include nomatch", "no weight selected"),
     pytest.param("finetune good.pt -o existing.pt", "existing.pt exists", marks=needs_experiments),
@@ -185,6 +187,16 @@ def test_mistake_is_one_line_and_changes_nothing(typed, message, workdir, capsys
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"svs {argv[0]}: error: ") and message in lines[0], err
     assert snapshot(workdir) == before
+
+
+def test_cli_fails_on_a_failed_certificate_unless_told_not_to_check(tmp_path, capsys):
+    torch.save({"a.weight": torch.randn(8, 6), "a.bias": torch.randn(8)}, tmp_path / "in.pt")
+    out = tmp_path / "out.pt"
+    torch.ops.svs._corrupt_next("reverse", 0)
+    assert main(["refine", str(tmp_path / "in.pt"), "-o", str(out), "-q"]) == 2 and not out.exists()
+    assert "parameter 'a.weight'" in capsys.readouterr().err
+    torch.ops.svs._corrupt_next("reverse", 0)
+    assert main(["refine", str(tmp_path / "in.pt"), "-o", str(out), "-q", "--no-certify"]) == 0 and out.exists()
 
 
 def test_debug_shows_the_traceback(workdir, monkeypatch):
@@ -248,20 +260,46 @@ def test_interrupt_stops_cleanly(tmp_path, sig, code, word):
 
 
 def test_inspect_prints_stats_and_plots(tmp_path, capsys):
+    """The plot where the plot extra is installed; the table and summary in any case."""
     src = tmp_path / "w.safetensors"
     write("safetensors", src)
     plot = tmp_path / "spectrum.png"
-    assert main(["inspect", str(src), "--preset", "ddpm", "--plot", str(plot)]) == 0
+    assert main(["inspect", str(src), "--preset", "ddpm"] + (["--plot", str(plot)] if PLOTS else [])) == 0
     out = capsys.readouterr().out
     assert "0.weight" in out and "kappa" in out and "3 weights" in out
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["spectrum.png", "w.safetensors"]
+    assert not PLOTS or plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spectrum.png"] * PLOTS + ["w.safetensors"]
 
 
 def test_console_script_is_installed():
     assert SCRIPT.exists(), "pip install -e . should install the svs console script"
     result = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "refine" in result.stdout and "demo" in result.stdout
+
+
+def test_experiment_commands_join_through_their_entry_point():
+    """svs.cli does not import svs.experiments (tests/test_layers.py): the demo and the pipeline's
+    commands come from the svs.commands entry point that pyproject.toml registers."""
+    from importlib.metadata import entry_points
+
+    from svs.cli import COMMANDS
+
+    assert [e.value for e in entry_points(group=COMMANDS)] == ["svs.experiments.cli:add_experiment_commands"]
+    assert {"prune", "finetune", "sample", "demo"} <= set(subcommands())
+
+
+def test_core_commands_work_without_the_registered_ones(workdir, capsys, monkeypatch):
+    """An entry point that cannot be imported (a package half installed) is left out: refine and
+    inspect work, and the help lists what is there."""
+    import importlib.metadata
+
+    from svs.cli import COMMANDS
+
+    broken = importlib.metadata.EntryPoint(name="broken", value="svs_no_such_package.cli:add", group=COMMANDS)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [broken] if group == COMMANDS else [])
+    assert set(subcommands()) == {"svs", "refine", "inspect"}
+    assert main(["refine", "good.pt", "-o", "out.pt", "-q"]) == 0 and Path("out.pt").exists()
+    assert main([]) == 0 and "demo" not in capsys.readouterr().out
 
 
 # ---- output errors on every output kind, colliding runs, tied tensors ---------------------------
@@ -508,7 +546,7 @@ def test_dry_run_route_says_what_a_run_would_use(workdir, capsys):
 
 
 def test_inspect_refuses_an_unknown_map_before_any_work(workdir, capsys):
-    assert main(["inspect", "good.pt", "--map", "bogus", "--plot", "s.png"]) == 2
+    assert main(["inspect", "good.pt", "--map", "bogus"] + (["--plot", "s.png"] if PLOTS else [])) == 2
     err = capsys.readouterr().err
     assert err.startswith("svs inspect: error: unknown map 'bogus'; expected one of sqrt,") and len(err.splitlines()) == 1
     assert not Path("s.png").exists()

@@ -1,58 +1,16 @@
-"""svs.refine_model: presets against the authors' per-parameter rules, selection, all-or-nothing."""
+"""svs.refine_model: selection, the report, all-or-nothing (on a failed certificate too), on CUDA as
+on the CPU. The ddpm preset on the pruned DDPM against the authors' rules needs the experiments'
+pruning: tests/experiments/test_pruning.py."""
+import copy
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import svs
-from tests.reference import assert_matches, reference_bias, reference_refine
-
-pytest.importorskip("diffusers")
-pytest.importorskip("torch_pruning")
-
-
-def authors_ddpm_reference(model: nn.Module) -> dict:
-    """The authors' DDPM procedure, literally, one parameter at a time in float64: reset every
-    GroupNorm to 1/0, then for each named parameter without 'norm' in its name scale 'weight'
-    (ndim >= 2) by U sqrt(S) V^T and 'bias' by b / sqrt(||b|| + 1e-8)."""
-    expected = {}
-    for module_name, module in model.named_modules():
-        if isinstance(module, nn.GroupNorm):
-            expected[f"{module_name}.weight"] = np.ones(module.weight.shape)
-            expected[f"{module_name}.bias"] = np.zeros(module.bias.shape)
-    for name, p in model.named_parameters():
-        if "norm" in name:
-            continue
-        if "weight" in name and p.ndim >= 2:
-            expected[name] = reference_refine(p)
-        elif "bias" in name:
-            expected[name] = reference_bias(p)
-    return expected
-
-
-@pytest.fixture(scope="module")
-def pruned_ddpm():
-    from svs.experiments.pruning import pruned_ddpm_cifar10
-
-    return pruned_ddpm_cifar10(0.5, seed=1)
-
-
-def test_ddpm_preset_matches_authors_rules_parameter_by_parameter(pruned_ddpm):
-    model = pruned_ddpm
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    expected = authors_ddpm_reference(model)
-    report = svs.refine_model(model, preset="ddpm")
-    # counted from the model itself (diffusers' UNet layout, not a number that holds for one version)
-    weights = [n for n in expected if n.endswith("weight") and "norm" not in n]
-    assert len(report.weights) == len(weights) > 100 and len(report.biases) == len(weights)
-    for name, p in model.named_parameters():
-        if name in expected:
-            assert_matches(p.detach(), expected[name])
-        else:
-            assert torch.equal(p, before[name]), f"{name} should not change"
-    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 500])
-    assert torch.isfinite(model(x, t).sample).all()
-
+from tests.csrc.test_cuda import CUDA_TOL, DEVICE, requires_cuda
+from tests.reference import TOL, assert_matches, reference_refine
 
 def test_dry_run_changes_nothing_and_reports_spectra():
     model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3))
@@ -130,9 +88,12 @@ def test_decompositions_run_on_the_callers_thread(monkeypatch, stats):
     assert threads and all(t is not threading.main_thread() for t in threads)
 
 
-def test_failure_names_the_parameter_and_changes_nothing(pruned_ddpm):
-    model = pruned_ddpm
-    name = "up_blocks.1.attentions.0.to_k.weight"
+def test_failure_names_the_parameter_and_changes_nothing():
+    """A NaN/Inf weight: one RefineError naming it, and no parameter written (the GroupNorm of the
+    ddpm preset not reset either); on the pruned DDPM: tests/experiments/test_pruning.py."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4, 2))
+    name = "2.weight"
     with torch.no_grad():
         dict(model.named_parameters())[name][0, 0] = float("inf")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -234,3 +195,48 @@ def test_a_bias_that_does_not_fit_its_weight_is_named_before_any_work():
     for dry_run in (False, True):
         with pytest.raises(ValueError, match=r"bias 'h\.0\.c_attn\.bias' has shape \[12\] but its weight .* \[4, 12\]"):
             svs.refine_state_dict(state, dry_run=dry_run)
+
+
+def test_meta_model_is_one_clear_error():
+    """README: refine_model raises one error naming the parameter for what it cannot refine; a model
+    on the meta device has no data: one ValueError (not IndexError / NotImplementedError at random)."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)).to("meta")
+    for dry_run in (False, True):
+        with pytest.raises(ValueError, match="'0.weight' is on the meta device"):
+            svs.refine_model(model, dry_run=dry_run)
+
+
+def test_refine_model_is_all_or_nothing_on_a_failed_certificate():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 6), nn.Linear(6, 6))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.ops.svs._corrupt_next("reverse", 0)
+    with pytest.raises(svs.RefineError, match=r"parameter '\d\.weight' .*fails its certificate"):
+        svs.refine_model(model)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    state = {n: t.clone() for n, t in before.items()}
+    torch.ops.svs._corrupt_next("map", 0)
+    with pytest.raises(svs.RefineError, match="fails its certificate"):
+        svs.refine_state_dict(state)
+    assert all(torch.equal(state[n], before[n]) for n in state)
+    torch.ops.svs._corrupt_next("map", 0)
+    svs.refine_model(model, certify=False)  # the switch reaches the operator: no error
+    assert not all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@requires_cuda
+def test_refine_model_on_cuda_matches_cpu():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 40, 3, bias=False),
+        torch.nn.Flatten(), torch.nn.Linear(40 * 4 * 4, 64), torch.nn.Linear(64, 10),
+    )
+    cpu_model, gpu_model = copy.deepcopy(model), copy.deepcopy(model).to(DEVICE)
+    svs.refine_model(cpu_model, preset="generic")
+    svs.refine_model(gpu_model, preset="generic")
+    before = dict(model.named_parameters())
+    for name, p in gpu_model.named_parameters():
+        assert p.device.type == torch.device(DEVICE).type
+        expected = dict(cpu_model.named_parameters())[name].detach().double().numpy()
+        assert not np.allclose(expected, before[name].detach().double().numpy()), name
+        assert_matches(p.detach().cpu(), expected, CUDA_TOL[torch.float32] + TOL[torch.float32])

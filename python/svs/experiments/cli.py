@@ -1,7 +1,8 @@
 """The subcommands of the digits pipeline (``svs demo``, ``prune``, ``finetune``, ``sample``).
 
-They are added to the ``svs`` command by :func:`add_experiment_commands`; the pipeline itself is
-imported only when one runs, so ``svs refine`` and ``svs inspect`` work without the extra.
+:func:`add_experiment_commands` adds them to the ``svs`` command, which finds it through the
+``svs.commands`` entry point (pyproject.toml); the pipeline itself is imported only when one runs,
+so the commands are listed, and ``svs refine`` and ``svs inspect`` work, without the extra.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from .. import io
 from ..cli_common import HelpFormatter, UsageError, check_image, check_output, progress_default
 from ..extras import require
 from ..model import refine_model
-from ..plots import plot_spectra, pyplot
+from ..plots import plot_spectra, pyplot, save_figure
 from ..spectrum import singular_values
 
 
@@ -84,7 +85,7 @@ def _plot_fid(results: dict, teacher_fid: float, path: str) -> None:
     ax.set_ylabel("FID (classifier features)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     plt.close(fig)
 
 

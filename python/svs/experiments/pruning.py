@@ -1,6 +1,6 @@
 """Structured pruning of diffusers UNets with Torch-Pruning, as Diff-Pruning does it.
 
-Needs the optional dependencies ``diffusers`` and ``torch-pruning`` (``pip install svs-kernels[prune]``).
+Needs ``diffusers`` and ``torch-pruning``, of the ``experiments`` extra (``pip install svs-kernels[experiments]``).
 """
 from __future__ import annotations
 

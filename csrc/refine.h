@@ -34,7 +34,7 @@ static_assert(sizeof(kMapNames) / sizeof(kMapNames[0]) == static_cast<size_t>(Si
               "one name per SigmaMap::Kind");
 
 // Raises "svs.refine: unknown map ..." (or, for "power:" and no finite number, "... needs a
-// finite number p ...") as a c10::Error.
+// finite number p ...") as a c10::ValueError (Python: ValueError).
 SigmaMap parse_map(const std::string& name);
 
 // The method= values the svs::refine kernel of a device accepts, in the order its error message
@@ -45,9 +45,10 @@ void register_methods(c10::DeviceType device, std::vector<std::string> names);
 // unless `method` is one of the device's registered methods.
 void check_method(c10::DeviceType device, const std::string& method);
 
-// Throws a c10::Error naming the offending index (weights[i] / biases[i]) for: an empty list,
-// a bias list of another length, ndim < 2, an empty or non-float tensor, NaN/Inf, a bias that is
-// not 1-D with shape[0] elements, tensors on different devices, a non-positive or non-finite eps.
+// Raises, naming the offending index (weights[i] / biases[i]): a TypeError for a non-float
+// tensor; a ValueError for an empty list, a bias list of another length, ndim < 2, an empty
+// tensor, a bias that is not 1-D with shape[0] elements, tensors on different devices, a
+// non-positive or non-finite eps; a RuntimeError for NaN/Inf (c10::TypeError / ValueError / Error).
 void check_inputs(at::TensorList weights, const OptionalTensorList& biases, double eps);
 
 // Throws naming weights[i] when a refined weight is not finite: the inputs are, so the map took a

@@ -1,4 +1,4 @@
-// Route::Gram and Route::GramPadded: one pipeline. For wide M (m <= n): G = M M^T = Q L Q^T,
+// kRouteCudaGram and kRouteCudaGramPadded: one pipeline. For wide M (m <= n): G = M M^T = Q L Q^T,
 // U = Q, Vh = diag(1/s) Q^T M. For tall M: G = M^T M, Vh = Q^T, U = M Q diag(1/s). s = sqrt(l).
 //
 // Matrix b's Gram matrix is ld x ld (column-major) at G + goff[b], its eigenvalues at W + woff[b]:
@@ -121,7 +121,7 @@ void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padde
     const Mat& a = mat(ids[b]);
     const int64_t k = a.k(), q = goff[b] + top[b] * ld[b];
     Factors& f = factors_[ids[b]];
-    f.route = padded ? Route::GramPadded : Route::Gram;
+    f.route = padded ? kRouteCudaGramPadded : kRouteCudaGram;
     f.ascending = true;
     f.s = view(W, inv_off[b], {k}, {1});
     if (a.m <= a.n) {

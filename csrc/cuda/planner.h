@@ -24,25 +24,15 @@ namespace cuda {
 // The factors handed to svs::_reconstruct are float32 (float64 for float64 inputs): rounding
 // orthonormal factors costs ~1e-7 relative, independent of kappa.
 
-enum class Route {
-  Small,       // both sides <= 32: zero-pad to 32x32, ONE gesvdjBatched for all such matrices
-  GramPadded,  // short side k <= 32 < long side: float64 Gram (k x k) padded to 32x32, ONE
-               // syevjBatched for all of them
-  Gram,        // float64 Gram per shape group (DGEMM), XsyevBatched (or Xsyevd per matrix)
-  Jacobi,      // gesvdj per matrix (float64, economy), spread over several streams
-  Exact,       // gesvd per matrix (float64, QR-based), spread over several streams
-};
-
-inline const char* route_name(Route r) {
-  switch (r) {
-    case Route::Small: return "small (gesvdjBatched 32x32)";
-    case Route::GramPadded: return "gram-padded (syevjBatched 32x32)";
-    case Route::Gram: return "gram";
-    case Route::Jacobi: return "jacobi (gesvdj)";
-    case Route::Exact: return "exact (gesvd)";
-  }
-  return "?";
-}
+// The routes are the CUDA RouteCodes of constants.h (the codes and names that
+// svs::refine_with_spectra reports), one vocabulary for the planner and the report:
+//   kRouteCudaSmall       both sides <= 32: zero-pad to 32x32, ONE gesvdjBatched for all such
+//                         matrices
+//   kRouteCudaGramPadded  short side k <= 32 < long side: float64 Gram (k x k) padded to 32x32,
+//                         ONE syevjBatched for all of them
+//   kRouteCudaGram        float64 Gram per shape group (DGEMM), XsyevBatched (or Xsyevd per matrix)
+//   kRouteCudaJacobi      gesvdj per matrix (float64, economy), spread over several streams
+//   kRouteCudaExact       gesvd per matrix (float64, QR-based), spread over several streams
 
 // method= of the operator on CUDA.
 enum class Method { Auto, Jacobi, Gram, Svd };
@@ -71,13 +61,13 @@ constexpr int64_t kAnySize = std::numeric_limits<int64_t>::max();
 struct PlanRow {
   int64_t max_short;
   int64_t max_long;
-  Route route;
+  RouteCode route;
 };
 
 constexpr PlanRow kAutoPlan[] = {
-    {32, 32, Route::Small},
-    {32, kAnySize, Route::GramPadded},
-    {kAnySize, kAnySize, Route::Gram},
+    {32, 32, kRouteCudaSmall},
+    {32, kAnySize, kRouteCudaGramPadded},
+    {kAnySize, kAnySize, kRouteCudaGram},
 };
 
 struct Tuning {
@@ -115,19 +105,19 @@ constexpr Tuning kTuning = {
 // for larger matrices:
 //   jacobi: Jacobi per matrix.  gram: Gram (padded when the short side is <= 32), no redo.
 //   svd: gesvd per matrix, the exact reference route.  auto: kAutoPlan, with redo (see above).
-inline Route plan_route(int64_t m, int64_t n, Method method) {
+inline RouteCode plan_route(int64_t m, int64_t n, Method method) {
   const int64_t s = m < n ? m : n;
   const int64_t l = m < n ? n : m;
-  if (l <= kSmallDim) return Route::Small;
+  if (l <= kSmallDim) return kRouteCudaSmall;
   switch (method) {
-    case Method::Svd: return Route::Exact;
-    case Method::Jacobi: return Route::Jacobi;
-    case Method::Gram: return (s <= kSmallDim) ? Route::GramPadded : Route::Gram;
+    case Method::Svd: return kRouteCudaExact;
+    case Method::Jacobi: return kRouteCudaJacobi;
+    case Method::Gram: return (s <= kSmallDim) ? kRouteCudaGramPadded : kRouteCudaGram;
     case Method::Auto: break;
   }
   for (const PlanRow& row : kAutoPlan)
     if (s <= row.max_short && l <= row.max_long) return row.route;
-  return Route::Gram;
+  return kRouteCudaGram;
 }
 
 }  // namespace cuda

@@ -22,6 +22,7 @@
 
 #include <cmath>
 #include <numeric>
+#include <optional>
 #include <tuple>
 #include <utility>
 
@@ -31,12 +32,11 @@ namespace {
 namespace sc = svs::cuda;
 using sc::Mat;
 using sc::Method;
-using sc::Route;
 
 // method= of the CUDA kernel, in the order its error message names them, and the planner's
-// Method of each ("aten" runs the ATen route instead of planning).
-constexpr std::pair<const char*, Method> kMethods[] = {
-    {"auto", Method::Auto}, {"aten", Method::Auto}, {"jacobi", Method::Jacobi},
+// Method of each; "aten" has none: it runs the device-generic ATen route instead of planning.
+constexpr std::pair<const char*, std::optional<Method>> kMethods[] = {
+    {"auto", Method::Auto}, {"aten", std::nullopt}, {"jacobi", Method::Jacobi},
     {"gram", Method::Gram}, {"svd", Method::Svd}};
 
 bool source_type(at::ScalarType t, int32_t* out) {
@@ -169,20 +169,21 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
   const SigmaMap map = parse_map(map_name);  // validates; _reconstruct applies the map
   const std::string method_name(method_view);
   check_method(c10::DeviceType::CUDA, method_name);
-  Method method = Method::Auto;
+  std::optional<Method> planned;
   for (const auto& [name, value] : kMethods) {
-    if (method_name == name) method = value;
+    if (method_name == name) planned = value;
   }
   check_inputs(weights, biases, eps);
   const std::optional<Corruption> corruption = take_corruption(weights.size());
 
   const at::Device device = weights[0].device();
   c10::cuda::CUDAGuard guard(device);
-  if (method_name == "aten") {
+  if (!planned.has_value()) {  // "aten"
     RefineResult result = refine_aten(weights, biases, map, eps, "auto", spectra, certify, corruption);
     check_outputs(std::get<0>(result), map_name);
     return result;
   }
+  const Method method = *planned;
   // The certificate needs every matrix's singular values: kept here when the caller wants none.
   const bool needs_spectra = certify || corruption.has_value();
   Spectra own(spectra == nullptr && needs_spectra ? weights.size() : 0);
@@ -210,7 +211,7 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
   // Order by (route, shape) so that batched routes stay batched inside a wave, then cut waves.
   std::vector<int> order(mats.size());
   std::iota(order.begin(), order.end(), 0);
-  std::vector<Route> first_route;
+  std::vector<RouteCode> first_route;
   for (const Mat& a : mats) first_route.push_back(sc::plan_route(a.m, a.n, method));
   std::stable_sort(order.begin(), order.end(), [&](int x, int y) {
     return std::make_tuple(static_cast<int>(first_route[x]), mats[x].m, mats[x].n) <

@@ -1,5 +1,5 @@
-// Route::Small (one gesvdjBatched for every matrix with both sides <= 32) and the per-matrix
-// SVD routes Route::Jacobi (gesvdj) and Route::Exact (gesvd), spread over side streams.
+// kRouteCudaSmall (one gesvdjBatched for every matrix with both sides <= 32) and the per-matrix
+// SVD routes kRouteCudaJacobi (gesvdj) and kRouteCudaExact (gesvd), spread over side streams.
 #include "handles.h"
 #include "int_workspace.h"
 #include "wave.h"
@@ -53,7 +53,7 @@ void Wave::run_small(const std::vector<int>& ids, int* info) {
   // padding only adds zero singular values).
   for (int64_t b = 0; b < batch; ++b) {
     const Mat& a = mat(ids[b]);
-    set_svd_factors(ids[b], Route::Small, view(U, b * DD, {a.m, a.k()}, {1, D}), view(S, b * D, {a.k()}, {1}),
+    set_svd_factors(ids[b], kRouteCudaSmall, view(U, b * DD, {a.m, a.k()}, {1, D}), view(S, b * D, {a.k()}, {1}),
                     view(V, b * DD, {a.k(), a.n}, {D, 1}));
   }
 }
@@ -126,7 +126,7 @@ void Wave::run_per_matrix_svd(const std::vector<int>& ids, int* info, bool exact
             "running gesvdj");
   }
 
-  const Route route = exact ? Route::Exact : Route::Jacobi;
+  const RouteCode route = exact ? kRouteCudaExact : kRouteCudaJacobi;
   for (int64_t b = 0; b < batch; ++b) {
     const Mat& a = mat(ids[b]);
     const int64_t k = a.k();

@@ -14,9 +14,9 @@ void check(const Status& st, const char* while_doing) {
               while_doing);
 }
 
-int64_t workspace_bytes(const Mat& a, Route route) {
+int64_t workspace_bytes(const Mat& a, RouteCode route) {
   constexpr int64_t DD = int64_t{kSmallDim} * kSmallDim;
-  if (route == Route::Small) return 8 * (3 * DD + kSmallDim) + 4 * (2 * DD + kSmallDim);
+  if (route == kRouteCudaSmall) return 8 * (3 * DD + kSmallDim) + 4 * (2 * DD + kSmallDim);
   const int64_t mn = a.m * a.n, kk = a.k() * a.k();
   return 8 * (3 * mn + 2 * kk + 2 * a.k()) + 4 * (mn + kk + a.k());
 }
@@ -72,7 +72,7 @@ void Wave::threshold(std::vector<SegmentDesc>& segments) {
         "thresholding the spectra");
 }
 
-void Wave::set_svd_factors(int id, Route route, View u, View s, View vh) {
+void Wave::set_svd_factors(int id, RouteCode route, View u, View s, View vh) {
   Factors& f = factors_[id];
   f.route = route;
   f.ascending = false;
@@ -122,13 +122,14 @@ void Wave::scale_by_inverse_sigma(const std::vector<int>& ids, int products,
         "scaling by the inverse singular values");
 }
 
-void Wave::run_route(Route route, const std::vector<int>& ids, int* info, int* ill) {
+void Wave::run_route(RouteCode route, const std::vector<int>& ids, int* info, int* ill) {
   switch (route) {
-    case Route::Small: return run_small(ids, info);
-    case Route::GramPadded: return run_gram(ids, info, ill, /*padded=*/true);
-    case Route::Gram: return run_gram(ids, info, ill, /*padded=*/false);
-    case Route::Jacobi: return run_per_matrix_svd(ids, info, /*exact=*/false);
-    case Route::Exact: return run_per_matrix_svd(ids, info, /*exact=*/true);
+    case kRouteCudaSmall: return run_small(ids, info);
+    case kRouteCudaGramPadded: return run_gram(ids, info, ill, /*padded=*/true);
+    case kRouteCudaGram: return run_gram(ids, info, ill, /*padded=*/false);
+    case kRouteCudaJacobi: return run_per_matrix_svd(ids, info, /*exact=*/false);
+    case kRouteCudaExact: return run_per_matrix_svd(ids, info, /*exact=*/true);
+    default: TORCH_CHECK(false, "svs.refine (CUDA): internal error: ", kRouteNames[route], " is not a planned route");
   }
 }
 
@@ -163,37 +164,22 @@ void Wave::materialise(std::vector<at::Tensor>& u, std::vector<at::Tensor>& s,
 using ReconstructFn = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, int64_t,
                            double);
 
-namespace {
-
-int8_t route_code(Route route) {
-  switch (route) {
-    case Route::Small: return kRouteCudaSmall;
-    case Route::GramPadded: return kRouteCudaGramPadded;
-    case Route::Gram: return kRouteCudaGram;
-    case Route::Jacobi: return kRouteCudaJacobi;
-    case Route::Exact: return kRouteCudaExact;
-  }
-  return kRouteCudaExact;
-}
-
-}  // namespace
-
 void Wave::export_spectra(Spectra& spectra) {
   for (size_t i = 0; i < mats_.size(); ++i) {
     const Factors& f = factors_[i];
     const at::Tensor s = buffers_[f.s.buffer].as_strided(f.s.sizes, f.s.strides, f.s.offset);
     spectra.values[mats_[i]->index] = f.ascending ? s.flip(0) : s.clone();
-    spectra.routes[mats_[i]->index] = route_code(f.route);
+    spectra.routes[mats_[i]->index] = f.route;
   }
 }
 
 void Wave::run(const std::string& map, std::vector<at::Tensor>& outputs, Spectra* spectra) {
   const int count = static_cast<int>(mats_.size());
-  std::map<Route, std::vector<int>> pending;
+  std::map<RouteCode, std::vector<int>> pending;
   for (int i = 0; i < count; ++i) pending[plan_route(mat(i).m, mat(i).n, method_)].push_back(i);
 
   while (!pending.empty()) {
-    std::vector<std::pair<Route, std::vector<int>>> batches;
+    std::vector<std::pair<RouteCode, std::vector<int>>> batches;
     int64_t total = 0;
     for (auto& [route, ids] : pending) {
       std::stable_sort(ids.begin(), ids.end(), [&](int x, int y) {
@@ -211,21 +197,21 @@ void Wave::run(const std::string& map, std::vector<at::Tensor>& outputs, Spectra
     }
     const at::Tensor host = status.cpu();  // the host sync of this phase (one D2H copy)
     const int* h = host.data_ptr<int>();
-    std::map<Route, std::vector<int>> next;
+    std::map<RouteCode, std::vector<int>> next;
     pos = 0;
     for (const auto& [route, ids] : batches) {
       for (int i : ids) {
         const int info = h[pos], ill = h[total + pos];
         ++pos;
-        TORCH_CHECK(info >= 0, "svs.refine (CUDA): internal error: ", route_name(route),
+        TORCH_CHECK(info >= 0, "svs.refine (CUDA): internal error: route ", kRouteNames[route],
                     " reported info ", info, " (invalid argument) for weights[", mat(i).index,
                     "] of shape (", mat(i).m, ", ", mat(i).n, ")");
-        TORCH_CHECK(info == 0 || route != Route::Exact, "svs.refine (CUDA): the SVD of weights[",
+        TORCH_CHECK(info == 0 || route != kRouteCudaExact, "svs.refine (CUDA): the SVD of weights[",
                     mat(i).index, "] (", mat(i).m, "x", mat(i).n, ") did not converge (gesvd info ",
                     info, ")");
         // Not converged, or outside the Gram route's accuracy range: the exact SVD. (Not gesvdj:
         // Jacobi may not converge on large ill-conditioned matrices either, and is slower there.)
-        if (info > 0 || ill != 0) next[Route::Exact].push_back(i);
+        if (info > 0 || ill != 0) next[kRouteCudaExact].push_back(i);
       }
     }
     pending = std::move(next);

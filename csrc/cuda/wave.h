@@ -3,13 +3,13 @@
 //
 //   wave.cpp        buffers, packing, the phase loop (one host sync per phase), thresholds,
 //                   factor conversion, reconstruction
-//   gram_route.cpp  Route::Gram and Route::GramPadded: one Gram pipeline for both
-//   svd_routes.cpp  Route::Small (gesvdjBatched) and the per-matrix Jacobi / exact SVDs
+//   gram_route.cpp  kRouteCudaGram and kRouteCudaGramPadded: one Gram pipeline for both
+//   svd_routes.cpp  kRouteCudaSmall (gesvdjBatched) and the per-matrix Jacobi / exact SVDs
 //
 // Every route writes one `info` per matrix (and, for the Gram routes under "auto", one
 // ill-conditioned flag) into a device status buffer that is copied to the host once per phase.
 // Matrices whose solver did not converge, and Gram matrices outside the Gram route's accuracy
-// range, are redone by Route::Exact (gesvd) in the next phase; a failing gesvd raises.
+// range, are redone by kRouteCudaExact (gesvd) in the next phase; a failing gesvd raises.
 #pragma once
 
 #include "planner.h"
@@ -60,7 +60,7 @@ const T* device_ptr(const at::Tensor& bytes) {
 
 // Estimated device scratch of one matrix on `route` (bytes): float64 buffers plus the float32
 // copies of its factors. Cuts a call into waves.
-int64_t workspace_bytes(const Mat& a, Route route);
+int64_t workspace_bytes(const Mat& a, RouteCode route);
 
 class Wave {
  public:
@@ -86,13 +86,13 @@ class Wave {
     double rel_tol = 0.0;          // rank tolerance relative to s_max (SVD routes)
     bool needs_threshold = false;  // s is raw (SVD routes); the Gram routes threshold themselves
     bool ascending = false;        // s in ascending order (Gram routes: eigenvalue order)
-    Route route = Route::Small;    // the route that computed them
+    RouteCode route = kRouteCudaSmall;  // the route that computed them
   };
   static View view(int buffer, int64_t offset, std::vector<int64_t> sizes, std::vector<int64_t> strides) {
     return View{buffer, offset, std::move(sizes), std::move(strides)};
   }
   // SVD routes: factors (u, s, vh) of matrix `id`, whose raw s needs the rank threshold.
-  void set_svd_factors(int id, Route route, View u, View s, View vh);
+  void set_svd_factors(int id, RouteCode route, View u, View s, View vh);
   // Copies each matrix's thresholded singular values (descending) and route into `spectra`.
   void export_spectra(Spectra& spectra);
 
@@ -111,7 +111,7 @@ class Wave {
   void pack(const std::vector<int>& ids, const std::vector<PackTarget>& targets);
   void threshold(std::vector<SegmentDesc>& segments);
 
-  void run_route(Route route, const std::vector<int>& ids, int* info, int* ill);
+  void run_route(RouteCode route, const std::vector<int>& ids, int* info, int* ill);
   void run_small(const std::vector<int>& ids, int* info);
   // A batched Jacobi solver (gesvdjBatched, syevjBatched) over `batch` 32x32 matrices, in chunks
   // whose int workspace size fits (int_workspace.h): size(handle, count, &lwork) queries,

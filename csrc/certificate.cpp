@@ -9,8 +9,8 @@
 // this sum unless the values it swaps are equal). Singular values under the rank tolerance are
 // reported as zeros and contribute nothing to either side, so the rank rule is respected.
 // Checks (the columns of certify(), kCheckNames):
-//   order           s >= 0 and descending;            tolerance max(m, n) eps64 (relative to s_max)
-//   energy          |sum s^2 - ||W||^2| / max(..)     2 T k max(m, n) eps64
+//   order           s >= 0 and descending;            tolerance max(m, n) u_d (relative to s_max)
+//   energy          |sum s^2 - ||W||^2| / max(..)     2 T k max(m, n) u_d
 //   norm            |sum f^2 - ||W'||^2| / max(..)    2 e + e^2
 //   inner           |<W', W> - sum f s| / (||W'|| ||W||)   e
 //   left-symmetry   x^T W' W^T y - y^T W' W^T x      t * 2 e  (relative to ||W'||_F s_max)
@@ -18,10 +18,12 @@
 // where e = u_out + tiny_out sqrt(mn) / ||W'|| + e_rec + T rho bounds the relative Frobenius error
 // of the returned W' against U f(S) V^T: u_out the output dtype's unit roundoff (the final cast),
 // tiny_out its subnormal spacing (tiny values lose relative precision), e_rec the reconstruction's
-// (Precision::reconstruct), and rho the decomposition's backward error, max(m, n) eps64
+// (Precision::reconstruct), and rho the decomposition's backward error, max(m, n) u_d
 // (gamma + sqrt(k gamma)) with gamma = 1 for SVD routes and, for the Gram routes, whose error
 // grows with the conditioning, gamma = s_max^2 sum (f_i / s_i)^2 / sum f_i^2 (the bound of
-// || Q g(L) Q^T E ||, E the eigen-residual of the Gram matrix ~ max(m, n) eps64 s_max^2).
+// || Q g(L) Q^T E ||, E the eigen-residual of the Gram matrix ~ max(m, n) u_d s_max^2).
+// u_d = Precision::decompose is the unit roundoff the decomposition worked in: eps64, or eps32 on
+// the float32 routes (precision.h).
 // T = kModelMargin covers the constants of those first-order models.
 //
 // The symmetry checks are random probes: q = kProbes = 2 pairs of Gaussian vectors, their
@@ -258,7 +260,7 @@ at::Tensor certify(const at::Tensor& a, const at::Tensor& out, const at::Tensor&
     const double w_norm = d[5 * b], o_norm = d[5 * b + 1], dot = d[5 * b + 2];
     const double wf2 = w_norm * w_norm, o2 = o_norm * o_norm;
     const double gamma = is_gram_route(routes[b]) && w2 > 0 ? std::max(1.0, wr2 / w2) : 1.0;
-    const double rho = N * kEps64 * (gamma + std::sqrt(k * gamma));
+    const double rho = N * precision[b].decompose * (gamma + std::sqrt(k * gamma));
     const double e = precision[b].unit + precision[b].reconstruct + kModelMargin * rho +
                      ratio(precision[b].tiny * std::sqrt(static_cast<double>(m * n)),
                            max_nan(o_norm, std::sqrt(f2)) / io[b] / io2[b]);
@@ -272,7 +274,8 @@ at::Tensor certify(const at::Tensor& a, const at::Tensor& out, const at::Tensor&
     // negligible unless s is subnormal (weights near 1e-310); it moves s^2 by 2 spaced and f(s)
     // by map_condition spaced (relative), so the energy, norm and inner checks allow for it.
     const double c_f = map_condition(map);
-    const double tolerances[kChecks] = {N * kEps64, 2 * kModelMargin * k * N * kEps64 + 2 * spaced,
+    const double u_dec = precision[b].decompose;
+    const double tolerances[kChecks] = {N * u_dec, 2 * kModelMargin * k * N * u_dec + 2 * spaced,
                                         2 * e + e * e + 2 * c_f * spaced, e + (1 + c_f) * spaced,
                                         kProbeTail * 2 * e, kProbeTail * 2 * e};
     std::copy(residuals, residuals + kChecks, row);

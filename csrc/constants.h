@@ -41,16 +41,25 @@ enum RouteCode : int8_t {
   kRouteCudaExact,       // CUDA: gesvd
   kRouteFallbackSvd,     // CUDA: failed its certificate, recomputed by the ATen route's SVD
   kRouteFallbackGram,    // CUDA: failed its certificate, recomputed by the ATen route's Gram
+  kRouteAtenGram32,      // ATen route: float32 Gram + eigh (bfloat16/float16 outputs, precision.h)
+  kRouteCudaGram32,      // CUDA: float32 Gram, float32 XsyevBatched / Xsyevd (precision.h)
+  kRouteCudaGramPadded32,  // CUDA: float32 Gram padded to 32x32, float32 syevjBatched (precision.h)
 };
 constexpr const char* kRouteNames[] = {"aten:svd",  "aten:gram",   "cuda:small", "cuda:gram-padded",
                                        "cuda:gram", "cuda:jacobi", "cuda:svd",   "fallback:aten:svd",
-                                       "fallback:aten:gram"};
+                                       "fallback:aten:gram", "aten:gram32", "cuda:gram32",
+                                       "cuda:gram-padded32"};
+
+// Whether a route decomposed in float32 (precision.h): only for bfloat16/float16 outputs.
+inline bool is_float32_route(int8_t route) {
+  return route == kRouteAtenGram32 || route == kRouteCudaGram32 || route == kRouteCudaGramPadded32;
+}
 
 // Whether a route's singular values come from eigenvalues of a Gram matrix (its error grows
 // with the condition number; the certificate's tolerance follows it).
 inline bool is_gram_route(int8_t route) {
   return route == kRouteAtenGram || route == kRouteCudaGramPadded || route == kRouteCudaGram ||
-         route == kRouteFallbackGram;
+         route == kRouteFallbackGram || is_float32_route(route);
 }
 
 }  // namespace svs

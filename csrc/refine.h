@@ -114,8 +114,10 @@ constexpr int64_t kChecks = sizeof(kCheckNames) / sizeof(kCheckNames[0]);
 // The rounding a result went through, per matrix: unit roundoff and subnormal spacing of the
 // output dtype (precision_of), and the relative error of the reconstruction U f(S) V^T
 // (ATen route: (k + 2) eps64; CUDA: its float32 / TF32 factors and GEMM).
+// decompose: the unit roundoff the decomposition worked in (float64, or float32 on the float32
+// routes of precision.h), which scales the certificate's model of the decomposition's error.
 struct Precision {
-  double unit = 0.0, tiny = 0.0, reconstruct = 0.0;
+  double unit = 0.0, tiny = 0.0, reconstruct = 0.0, decompose = kEps64;
 };
 Precision precision_of(at::ScalarType output, double reconstruct);
 

@@ -10,11 +10,15 @@
 //            CPU; its error grows like eps64 * kappa^1.5, so it is exact to ~1e-10 for kappa <= 1e4.
 //   "auto" : "gram", and "svd" for every matrix whose Gram eigenvalues span more than
 //            kGramMaxEigenRatio (constants.h): ill-conditioned or rank-deficient matrices.
+//            For bfloat16/float16 weights, first the float32 Gram route ("aten:gram32") where
+//            its error bound allows (precision.h), the float64 routes for the others.
+#include "precision.h"
 #include "refine.h"
 
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <optional>
 
 namespace svs {
@@ -120,18 +124,74 @@ std::pair<Refined, at::Tensor> refine_gram(const at::Tensor& a_in, const SigmaMa
           well_conditioned};
 }
 
-Refined refine_batch(const at::Tensor& a, const SigmaMap& map, const std::string& method) {
+// The float32 Gram route (precision.h) of a batch a (B, m, n) float64 whose entries are in
+// gram32_in_range. W' = P M (or M P) with P = Q g(L) Q^T: 2k^3 + 2k^2 max(m, n) flops for the
+// product instead of 4k^2 max(m, n). Also returns, per matrix, whether its error bound is within
+// the budget of the output dtype `output`.
+std::pair<Refined, at::Tensor> refine_gram32(const at::Tensor& a64, const SigmaMap& map, at::ScalarType output) {
+  const at::Tensor a = a64.to(at::kFloat);
+  const bool wide = a.size(-2) <= a.size(-1);
+  auto [l, q] = at::linalg_eigh(wide ? at::matmul(a, a.mT()) : at::matmul(a.mT(), a));
+  const at::Tensor within = gram32_within_budget(l, map, output);
+  const int64_t k = l.size(-1);
+  const at::Tensor s = l.clamp_min(0).sqrt();
+  const at::Tensor keep = s > 0;  // every value of a matrix within budget (precision.h)
+  const at::Tensor g = apply_map(s, s.narrow(-1, k - 1, 1), keep, map) / at::where(keep, s, at::ones_like(s));
+  const at::Tensor p = at::matmul(q * g.unsqueeze(-2), q.mT());
+  const at::Tensor out = wide ? at::matmul(p, a) : at::matmul(a, p);
+  return {{out.to(at::kDouble), at::where(keep, s, at::zeros_like(s)).to(at::kDouble).flip(-1),
+           at::full({a.size(0)}, kRouteAtenGram32, at::kChar)},
+          within};
+}
+
+// Rows `rows` of `into` replaced by `part`'s (rows on a's device).
+void merge(Refined& into, const at::Tensor& rows, const Refined& part) {
+  into.out.index_copy_(0, rows, part.out);
+  into.spectra.index_copy_(0, rows, part.spectra);
+  into.routes.index_copy_(0, rows.cpu(), part.routes);
+}
+
+// The float64 routes of method= ("auto": Gram, with SVD for ill-conditioned matrices).
+Refined refine_batch64(const at::Tensor& a, const SigmaMap& map, const std::string& method) {
   if (method == "svd") return refine_svd(a, map);
   auto [refined, well_conditioned] = refine_gram(a, map);
   if (method == "gram") return refined;
   const at::Tensor redo = (~well_conditioned).nonzero().squeeze(-1);
-  if (redo.numel() > 0) {
-    const Refined exact = refine_svd(a.index_select(0, redo), map);
-    refined.out.index_copy_(0, redo, exact.out);
-    refined.spectra.index_copy_(0, redo, exact.spectra);
-    refined.routes.index_copy_(0, redo.cpu(), exact.routes);
-  }
+  if (redo.numel() > 0) merge(refined, redo, refine_svd(a.index_select(0, redo), map));
   return refined;
+}
+
+// A batch of weights of dtype `output`: under "auto", a bfloat16/float16 batch takes the float32
+// Gram route where it is in range and its bound allows, the float64 routes elsewhere.
+Refined refine_batch(const at::Tensor& a, const SigmaMap& map, const std::string& method, at::ScalarType output) {
+  if (method != "auto" || !float32_eligible(output)) return refine_batch64(a, map, method);
+  const at::Tensor fast = gram32_in_range(a).nonzero().squeeze(-1);
+  if (fast.numel() == 0) return refine_batch64(a, map, method);
+  auto [refined, within] = refine_gram32(a.index_select(0, fast), map, output);
+  if (fast.numel() == a.size(0) && within.all().item<bool>()) return refined;
+  at::Tensor kept = at::zeros({a.size(0)}, within.options());
+  kept.index_put_({fast}, within);
+  Refined all{at::empty_like(a), at::empty({a.size(0), refined.spectra.size(-1)}, refined.spectra.options()),
+              at::empty({a.size(0)}, refined.routes.options())};
+  merge(all, fast, refined);
+  const at::Tensor redo = (~kept).nonzero().squeeze(-1);
+  merge(all, redo, refine_batch64(a.index_select(0, redo), map, method));
+  return all;
+}
+
+// group_by_shape, each group split by dtype (the precision plan is per output dtype).
+std::vector<std::pair<std::pair<int64_t, int64_t>, std::vector<int64_t>>> group_by_shape_and_dtype(
+    at::TensorList weights) {
+  std::vector<std::pair<std::pair<int64_t, int64_t>, std::vector<int64_t>>> groups;
+  for (const auto& [shape, indices] : group_by_shape(weights)) {
+    std::map<at::ScalarType, size_t> slot;
+    for (int64_t i : indices) {
+      auto [it, fresh] = slot.emplace(weights[i].scalar_type(), groups.size());
+      if (fresh) groups.push_back({shape, {}});
+      groups[it->second].second.push_back(i);
+    }
+  }
+  return groups;
 }
 
 // Certifies one chunk's results (certificate.cpp): a failure raises naming the weight, so
@@ -140,10 +200,14 @@ Refined refine_batch(const at::Tensor& a, const SigmaMap& map, const std::string
 // that rounding, so it sees errors down to ~1e-12 whatever the output dtype.
 void certify_chunk(const at::Tensor& a, const std::vector<at::Tensor>& outputs, const Refined& refined,
                    const SigmaMap& map, const std::vector<int64_t>& index) {
-  const int64_t rows = a.size(1), cols = a.size(2);
-  const std::vector<Precision> precision(index.size(), Precision{0.0, 0.0, (std::min(rows, cols) + 2) * kEps64});
+  const int64_t rows = a.size(1), cols = a.size(2), k = std::min(rows, cols);
   const at::Tensor routes = refined.routes.contiguous();
   const std::vector<int8_t> codes(routes.data_ptr<int8_t>(), routes.data_ptr<int8_t>() + routes.numel());
+  std::vector<Precision> precision;
+  for (int8_t code : codes) {
+    const double u = is_float32_route(code) ? std::numeric_limits<float>::epsilon() : kEps64;
+    precision.push_back(Precision{0.0, 0.0, (k + 2) * u, u});
+  }
   const at::Tensor scores = certify(a, refined.out, refined.spectra, codes, map, precision).cpu().contiguous();
   for (size_t j = 0; j < index.size(); ++j) {
     const double* row = scores.data_ptr<double>() + j * 2 * kChecks;
@@ -177,8 +241,9 @@ RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biase
                          const SigmaMap& map, double eps, const std::string& method,
                          Spectra* spectra, bool certify, const std::optional<Corruption>& corruption) {
   std::vector<at::Tensor> out_weights(weights.size());
-  for (const auto& [shape, indices] : group_by_shape(weights)) {
+  for (const auto& [shape, indices] : group_by_shape_and_dtype(weights)) {
     const auto [rows, cols] = shape;
+    const at::ScalarType output = weights[indices[0]].scalar_type();
     const int64_t per_chunk = std::max<int64_t>(1, kChunkElements / (rows * cols));
     for (size_t start = 0; start < indices.size(); start += per_chunk) {
       const size_t stop = std::min(indices.size(), start + static_cast<size_t>(per_chunk));
@@ -188,7 +253,7 @@ RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biase
       const at::Tensor a = at::stack(mats);
       Refined refined;
       try {
-        refined = refine_batch(a, map, method);
+        refined = refine_batch(a, map, method, output);
       } catch (const c10::Error& e) {
         std::string which;
         for (size_t j = start; j < stop; ++j) which += " weights[" + std::to_string(indices[j]) + "]";

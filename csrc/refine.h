@@ -97,10 +97,6 @@ RefineSpectraResult refine_with_spectra_kernel(at::TensorList weights, const Opt
   return with_spectra(std::move(result), std::move(spectra));
 }
 
-// An error message of a call on a subset of the weights, with its indices (weights[j],
-// biases[j]) turned into the caller's (weights[index[j]]).
-std::string with_caller_indices(const std::string& message, const std::vector<int64_t>& index);
-
 // ---- The certificate (csrc/certificate.cpp) -----------------------------------------------------
 // A cheap a-posteriori test of every result W' against its weight W and the singular values s
 // the route reports: s sorted and >= 0, sum s^2 = ||W||^2, sum f(s)^2 = ||W'||^2,
@@ -154,10 +150,12 @@ std::vector<int64_t> corrupt(const Corruption& c, const at::Tensor& a, at::Tenso
 // The ATen route (csrc/refine_aten.cpp): device-generic float64 ATen calls, so the same code is
 // the CPU kernel and method="aten" of the CUDA kernel. method: "auto", "gram" or "svd". Fills
 // `spectra` when it is not null. With `certify`, every result is certified after its chunk and
-// a failure raises naming the weight; `corruption` (test hook) is applied before that.
+// a failure raises naming the weight; `corruption` (test hook) is applied before that. Errors
+// name weights[i] as weights[caller_index[i]] when caller_index is given (a call on a subset).
 RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biases,
                          const SigmaMap& map, double eps, const std::string& method,
                          Spectra* spectra = nullptr, bool certify = true,
-                         const std::optional<Corruption>& corruption = std::nullopt);
+                         const std::optional<Corruption>& corruption = std::nullopt,
+                         const std::vector<int64_t>& caller_index = {});
 
 }  // namespace svs

@@ -239,7 +239,10 @@ RefineResult refine_cpu(at::TensorList weights, const OptionalTensorList& biases
 
 RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biases,
                          const SigmaMap& map, double eps, const std::string& method,
-                         Spectra* spectra, bool certify, const std::optional<Corruption>& corruption) {
+                         Spectra* spectra, bool certify, const std::optional<Corruption>& corruption,
+                         const std::vector<int64_t>& caller_index) {
+  // The index an error message gives weights[i]: the caller's, or i itself.
+  const auto named = [&](int64_t i) { return caller_index.empty() ? i : caller_index[i]; };
   std::vector<at::Tensor> out_weights(weights.size());
   for (const auto& [shape, indices] : group_by_shape_and_dtype(weights)) {
     const auto [rows, cols] = shape;
@@ -256,7 +259,7 @@ RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biase
         refined = refine_batch(a, map, method, output);
       } catch (const c10::Error& e) {
         std::string which;
-        for (size_t j = start; j < stop; ++j) which += " weights[" + std::to_string(indices[j]) + "]";
+        for (size_t j = start; j < stop; ++j) which += " weights[" + std::to_string(named(indices[j])) + "]";
         TORCH_CHECK(false, "svs.refine: decomposition failed for", which, " (", rows, "x", cols,
                     "): ", e.what_without_backtrace());
       }
@@ -268,7 +271,11 @@ RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biase
         const at::Tensor& w = weights[i];
         outputs.push_back(refined.out[outputs.size()].to(w.scalar_type()).reshape(w.sizes()));
       }
-      if (certify) certify_chunk(a, outputs, refined, map, chunk);
+      if (certify) {
+        std::vector<int64_t> names;
+        for (int64_t i : chunk) names.push_back(named(i));
+        certify_chunk(a, outputs, refined, map, names);
+      }
       for (size_t j = 0; j < chunk.size(); ++j) out_weights[chunk[j]] = outputs[j];
       if (spectra != nullptr) {
         const int8_t* routes = refined.routes.data_ptr<int8_t>();  // on the CPU, contiguous

@@ -9,7 +9,6 @@
 #include <cmath>
 #include <iterator>
 #include <limits>
-#include <regex>
 #include <tuple>
 
 namespace svs {
@@ -154,20 +153,6 @@ at::Tensor apply_map(const at::Tensor& s, const at::Tensor& s_max, const at::Ten
 at::Tensor scale_bias(const at::Tensor& bias, double eps) {
   const at::Tensor b = bias.to(at::kDouble);
   return (b / (b.norm() + eps).sqrt()).to(bias.scalar_type());
-}
-
-std::string with_caller_indices(const std::string& message, const std::vector<int64_t>& index) {
-  static const std::regex mention(R"((weights|biases)\[(\d+)\])");
-  std::string out;
-  auto last = message.cbegin();
-  for (std::sregex_iterator it(message.begin(), message.end(), mention), end; it != end; ++it) {
-    const size_t j = std::stoul((*it)[2].str());
-    out.append(last, (*it)[0].first);
-    out += (*it)[1].str() + "[" + std::to_string(j < index.size() ? index[j] : static_cast<int64_t>(j)) + "]";
-    last = (*it)[0].second;
-  }
-  out.append(last, message.cend());
-  return out;
 }
 
 namespace {

@@ -156,7 +156,8 @@ void certify_or_recompute(at::TensorList weights, std::vector<at::Tensor>& outpu
   for (size_t j = 0; j < failed.size(); ++j) {
     outputs[failed[j]].copy_(std::get<0>(result)[j]);
     spectra.values[failed[j]] = exact.values[j];
-    spectra.routes[failed[j]] = exact.routes[j] == kRouteAtenGram ? kRouteFallbackGram : kRouteFallbackSvd;
+    // aten:gram and aten:gram32 (the ATen route's float32 plan for bf16/fp16) are Gram routes
+    spectra.routes[failed[j]] = exact.routes[j] == kRouteAtenSvd ? kRouteFallbackSvd : kRouteFallbackGram;
   }
   TORCH_WARN("svs.refine (CUDA): ", failed.size(), " result(s) failed the certificate and were recomputed on ",
              "the exact aten route: ", what, ". Please report this with your GPU and CUDA version; ",

@@ -147,7 +147,7 @@ def refine_(
     certify: bool = True,
 ) -> None:
     """In-place :func:`refine`, all or nothing: every result is computed and certified before
-    the first write, so on any error (``RuntimeError`` naming the weight) no tensor is changed.
+    the first write, so on any error (one naming the weight) no tensor is changed.
     It needs one copy of the weights in extra memory. As for torch's own in-place
     ops, a tensor that requires grad is refused while grad mode is on; under ``torch.no_grad()``
     (as optimizers update parameters) it is changed in place and autograd does not see it.

@@ -154,7 +154,8 @@ class Wave {
                               const std::vector<int64_t>& moff, int inv,
                               const std::vector<int64_t>& inv_off);
   // The factors as tensors for svs::_reconstruct: float64 for float64 inputs, float32 otherwise.
-  // Frees every float64 buffer no factor needs, then converts buffer by buffer.
+  // Frees every scratch buffer no factor needs, then converts buffer by buffer (a float32 buffer,
+  // of a float32 Gram route, is used as it is).
   void materialise(std::vector<at::Tensor>& u, std::vector<at::Tensor>& s, std::vector<at::Tensor>& vh);
 
   std::vector<const Mat*> mats_;

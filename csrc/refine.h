@@ -34,7 +34,7 @@ static_assert(sizeof(kMapNames) / sizeof(kMapNames[0]) == static_cast<size_t>(Si
               "one name per SigmaMap::Kind");
 
 // Raises "svs.refine: unknown map ..." (or, for "power:" and no finite number, "... needs a
-// finite number p ...") as a c10::Error.
+// finite number p ...") as a c10::ValueError (Python: ValueError).
 SigmaMap parse_map(const std::string& name);
 
 // The method= values the svs::refine kernel of a device accepts, in the order its error message
@@ -45,9 +45,10 @@ void register_methods(c10::DeviceType device, std::vector<std::string> names);
 // unless `method` is one of the device's registered methods.
 void check_method(c10::DeviceType device, const std::string& method);
 
-// Throws a c10::Error naming the offending index (weights[i] / biases[i]) for: an empty list,
-// a bias list of another length, ndim < 2, an empty or non-float tensor, NaN/Inf, a bias that is
-// not 1-D with shape[0] elements, tensors on different devices, a non-positive or non-finite eps.
+// Raises, naming the offending index (weights[i] / biases[i]): a TypeError for a non-float
+// tensor; a ValueError for an empty list, a bias list of another length, ndim < 2, an empty
+// tensor, a bias that is not 1-D with shape[0] elements, tensors on different devices, a
+// non-positive or non-finite eps; a RuntimeError for NaN/Inf (c10::TypeError / ValueError / Error).
 void check_inputs(at::TensorList weights, const OptionalTensorList& biases, double eps);
 
 // Throws naming weights[i] when a refined weight is not finite: the inputs are, so the map took a
@@ -95,10 +96,6 @@ RefineSpectraResult refine_with_spectra_kernel(at::TensorList weights, const Opt
   RefineResult result = impl(weights, biases, map, eps, method, certify, &spectra);
   return with_spectra(std::move(result), std::move(spectra));
 }
-
-// An error message of a call on a subset of the weights, with its indices (weights[j],
-// biases[j]) turned into the caller's (weights[index[j]]).
-std::string with_caller_indices(const std::string& message, const std::vector<int64_t>& index);
 
 // ---- The certificate (csrc/certificate.cpp) -----------------------------------------------------
 // A cheap a-posteriori test of every result W' against its weight W and the singular values s
@@ -153,10 +150,12 @@ std::vector<int64_t> corrupt(const Corruption& c, const at::Tensor& a, at::Tenso
 // The ATen route (csrc/refine_aten.cpp): device-generic float64 ATen calls, so the same code is
 // the CPU kernel and method="aten" of the CUDA kernel. method: "auto", "gram" or "svd". Fills
 // `spectra` when it is not null. With `certify`, every result is certified after its chunk and
-// a failure raises naming the weight; `corruption` (test hook) is applied before that.
+// a failure raises naming the weight; `corruption` (test hook) is applied before that. Errors
+// name weights[i] as weights[caller_index[i]] when caller_index is given (a call on a subset).
 RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biases,
                          const SigmaMap& map, double eps, const std::string& method,
                          Spectra* spectra = nullptr, bool certify = true,
-                         const std::optional<Corruption>& corruption = std::nullopt);
+                         const std::optional<Corruption>& corruption = std::nullopt,
+                         const std::vector<int64_t>& caller_index = {});
 
 }  // namespace svs

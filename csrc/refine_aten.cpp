@@ -263,7 +263,9 @@ Chunks plan_chunks(at::TensorList weights) {
 // Decomposes, certifies and stores (out_weights, spectra: each chunk writes its own indices) one chunk.
 void refine_chunk(const Chunk& c, at::TensorList weights, const SigmaMap& map, const std::string& method,
                   Spectra* spectra, bool certify, const std::optional<Corruption>& corruption,
-                  std::vector<at::Tensor>& out_weights) {
+                  const std::vector<int64_t>& caller_index, std::vector<at::Tensor>& out_weights) {
+  // The index an error message gives weights[i]: the caller's, or i itself.
+  const auto named = [&](int64_t i) { return caller_index.empty() ? i : caller_index[i]; };
   std::vector<at::Tensor> mats;
   for (int64_t i : c.indices) mats.push_back(weights[i].reshape({c.rows, c.cols}).to(at::kDouble));
   const at::Tensor a = at::stack(mats);
@@ -272,7 +274,7 @@ void refine_chunk(const Chunk& c, at::TensorList weights, const SigmaMap& map, c
     refined = refine_batch(a, map, method, c.output);
   } catch (const c10::Error& e) {
     std::string which;
-    for (int64_t i : c.indices) which += " weights[" + std::to_string(i) + "]";
+    for (int64_t i : c.indices) which += " weights[" + std::to_string(named(i)) + "]";
     TORCH_CHECK(false, "svs.refine: decomposition failed for", which, " (", c.rows, "x", c.cols,
                 "): ", e.what_without_backtrace());
   }
@@ -283,7 +285,11 @@ void refine_chunk(const Chunk& c, at::TensorList weights, const SigmaMap& map, c
     const at::Tensor& w = weights[i];
     outputs.push_back(refined.out[outputs.size()].to(w.scalar_type()).reshape(w.sizes()));
   }
-  if (certify) certify_chunk(a, outputs, refined, map, c.indices);
+  if (certify) {
+    std::vector<int64_t> names;
+    for (int64_t i : c.indices) names.push_back(named(i));
+    certify_chunk(a, outputs, refined, map, names);
+  }
   const int8_t* routes = refined.routes.data_ptr<int8_t>();  // on the CPU, contiguous
   for (size_t j = 0; j < c.indices.size(); ++j) {
     out_weights[c.indices[j]] = outputs[j];
@@ -312,10 +318,13 @@ RefineResult refine_cpu(at::TensorList weights, const OptionalTensorList& biases
 
 RefineResult refine_aten(at::TensorList weights, const OptionalTensorList& biases,
                          const SigmaMap& map, double eps, const std::string& method,
-                         Spectra* spectra, bool certify, const std::optional<Corruption>& corruption) {
+                         Spectra* spectra, bool certify, const std::optional<Corruption>& corruption,
+                         const std::vector<int64_t>& caller_index) {
   std::vector<at::Tensor> out_weights(weights.size());
   const Chunks chunks = plan_chunks(weights);
-  auto run = [&](const Chunk& c) { refine_chunk(c, weights, map, method, spectra, certify, corruption, out_weights); };
+  auto run = [&](const Chunk& c) {
+    refine_chunk(c, weights, map, method, spectra, certify, corruption, caller_index, out_weights);
+  };
   // On the CPU, the chunks whose short side is at most the spread limit run one per thread, each
   // with single-threaded LAPACK and BLAS (at::parallel_for's nested calls run serially), largest
   // first from a shared queue; the larger ones before them, one at a time, LAPACK's threading

@@ -9,7 +9,6 @@
 #include <cmath>
 #include <iterator>
 #include <limits>
-#include <regex>
 #include <tuple>
 
 namespace svs {
@@ -48,14 +47,14 @@ SigmaMap parse_map(const std::string& name) {
       p = std::stod(text, &used);
     } catch (const std::exception&) {
     }
-    TORCH_CHECK(used == text.size() && std::isfinite(p),
-                "svs.refine: map 'power:<p>' needs a finite number p, got '", name, "'");
+    TORCH_CHECK_VALUE(used == text.size() && std::isfinite(p),
+                      "svs.refine: map 'power:<p>' needs a finite number p, got '", name, "'");
     return {K::Power, p};
   }
   for (size_t code = 0; code < std::size(kMapNames); ++code) {
     if (static_cast<K>(code) != K::Power && name == kMapNames[code]) return {static_cast<K>(code), 1.0};
   }
-  TORCH_CHECK(false, "svs.refine: unknown map '", name, "'; expected one of ", joined(kMapNames, ", "));
+  TORCH_CHECK_VALUE(false, "svs.refine: unknown map '", name, "'; expected one of ", joined(kMapNames, ", "));
 }
 
 void register_methods(c10::DeviceType device, std::vector<std::string> names) {
@@ -72,33 +71,32 @@ void check_method(c10::DeviceType device, const std::string& method) {
 }
 
 void check_inputs(at::TensorList weights, const OptionalTensorList& biases, double eps) {
-  TORCH_CHECK(!weights.empty(), "svs.refine: the weights list is empty");
-  TORCH_CHECK(biases.size() == weights.size(), "svs.refine: got ", weights.size(),
-              " weights but ", biases.size(), " biases; pass one bias (or None) per weight");
-  TORCH_CHECK(std::isfinite(eps) && eps > 0, "svs.refine: eps must be finite and > 0, got ", eps);
+  TORCH_CHECK_VALUE(!weights.empty(), "svs.refine: weights is empty; pass a list of one or more tensors");
+  TORCH_CHECK_VALUE(biases.size() == weights.size(), "svs.refine: got ", weights.size(), " weights but ",
+                    biases.size(), " biases; pass one bias (or None) per weight");
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0, "svs.refine: eps must be finite and > 0, got ", eps);
   const auto device = weights[0].device();
   std::vector<at::Tensor> finite;  // one flag per tensor, read back to the host once
   std::vector<std::tuple<const char*, size_t, std::vector<int64_t>>> flagged;
   auto check_tensor = [&](const at::Tensor& t, const char* what, size_t i) {
-    TORCH_CHECK(t.device() == device, "svs.refine: ", what, "[", i, "] is on ", t.device(),
-                " but weights[0] is on ", device);
-    TORCH_CHECK(at::isFloatingType(t.scalar_type()), "svs.refine: ", what, "[", i,
-                "] has dtype ", t.scalar_type(), "; expected float16, bfloat16, float32 or float64");
-    TORCH_CHECK(t.numel() > 0, "svs.refine: ", what, "[", i, "] is empty (shape ", t.sizes(), ")");
+    TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "svs.refine: ", what, "[", i, "] has dtype torch.",
+                     c10::getDtypeNames(t.scalar_type()).first, "; expected float16, bfloat16, float32 or float64");
+    TORCH_CHECK_VALUE(t.numel() > 0, "svs.refine: ", what, "[", i, "] is empty (shape ", t.sizes(), ")");
+    TORCH_CHECK_VALUE(t.device() == device, "svs.refine: ", what, "[", i, "] is on ", t.device(),
+                      " but weights[0] is on ", device, "; use one device");
     finite.push_back(at::isfinite(t).all());
     flagged.emplace_back(what, i, t.sizes().vec());
   };
   for (size_t i = 0; i < weights.size(); ++i) {
     const auto& w = weights[i];
-    TORCH_CHECK(w.dim() >= 2, "svs.refine: weights[", i, "] has shape ", w.sizes(),
-                "; SVS needs a tensor with ndim >= 2 (flattened to (shape[0], -1))");
+    TORCH_CHECK_VALUE(w.dim() >= 2, "svs.refine: weights[", i, "] has shape ", w.sizes(),
+                      "; SVS needs ndim >= 2 (flattened to (shape[0], -1))");
     check_tensor(w, "weights", i);
     const std::optional<at::Tensor> b = biases[i];
     if (!b.has_value()) continue;
     check_tensor(*b, "biases", i);
-    TORCH_CHECK(b->dim() == 1 && b->size(0) == w.size(0), "svs.refine: biases[", i,
-                "] has shape ", b->sizes(), " but weights[", i, "] has ", w.size(0),
-                " output rows; expected shape [", w.size(0), "]");
+    TORCH_CHECK_VALUE(b->dim() == 1 && b->size(0) == w.size(0), "svs.refine: biases[", i, "] has shape ",
+                      b->sizes(), "; expected [", w.size(0), "] (weights[", i, "].shape[0])");
   }
   const at::Tensor ok = at::stack(finite).cpu();
   const bool* flags = ok.data_ptr<bool>();
@@ -155,20 +153,6 @@ at::Tensor apply_map(const at::Tensor& s, const at::Tensor& s_max, const at::Ten
 at::Tensor scale_bias(const at::Tensor& bias, double eps) {
   const at::Tensor b = bias.to(at::kDouble);
   return (b / (b.norm() + eps).sqrt()).to(bias.scalar_type());
-}
-
-std::string with_caller_indices(const std::string& message, const std::vector<int64_t>& index) {
-  static const std::regex mention(R"((weights|biases)\[(\d+)\])");
-  std::string out;
-  auto last = message.cbegin();
-  for (std::sregex_iterator it(message.begin(), message.end(), mention), end; it != end; ++it) {
-    const size_t j = std::stoul((*it)[2].str());
-    out.append(last, (*it)[0].first);
-    out += (*it)[1].str() + "[" + std::to_string(j < index.size() ? index[j] : static_cast<int64_t>(j)) + "]";
-    last = (*it)[0].second;
-  }
-  out.append(last, message.cend());
-  return out;
 }
 
 namespace {

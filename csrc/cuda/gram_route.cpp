@@ -1,4 +1,4 @@
-// Route::Gram and Route::GramPadded: one pipeline. For wide M (m <= n): G = M M^T = Q L Q^T,
+// kRouteCudaGram and kRouteCudaGramPadded: one pipeline. For wide M (m <= n): G = M M^T = Q L Q^T,
 // U = Q, Vh = diag(1/s) Q^T M. For tall M: G = M^T M, Vh = Q^T, U = M Q diag(1/s). s = sqrt(l).
 //
 // Matrix b's Gram matrix is ld x ld (column-major) at G + goff[b], its eigenvalues at W + woff[b]:
@@ -7,27 +7,34 @@
 //                     spectrum of the k x k Gram is in the last k slots (offset ld - k);
 //   unpadded:         ld = k, one XsyevBatched per shape group (or Xsyevd per matrix on the side
 //                     streams above kTuning.batched_eigh_max_side).
+// In float64 (T = double) for every output dtype; in float32 (T = float: SGEMM, Ssyevj /
+// XsyevBatched / Xsyevd on CUDA_R_32F) for bf16/fp16 outputs (planner.h), where each matrix is
+// then checked against its error budget (precision.h) and flagged for the float64 route if over.
+// The eigenvalues go to float64 for the threshold, the inverse singular values and the spectrum.
 #include "handles.h"
+#include "precision.h"
 #include "wave.h"
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <type_traits>
 
 namespace svs {
 namespace cuda {
 namespace {
 
-// Runs of consecutive positions with the same (m, n) (ids are sorted by shape beforehand):
-// (first position, count).
+// Runs of consecutive positions with the same (m, n), and the same dtype if `by_dtype` (ids are
+// sorted by shape and dtype beforehand): (first position, count).
 std::vector<std::pair<int64_t, int64_t>> shape_runs(const std::vector<int>& ids,
-                                                    const std::vector<const Mat*>& mats) {
+                                                    const std::vector<const Mat*>& mats,
+                                                    bool by_dtype = false) {
   std::vector<std::pair<int64_t, int64_t>> runs;
   for (int64_t p = 0; p < static_cast<int64_t>(ids.size()); ++p) {
     const Mat& a = *mats[ids[p]];
     if (!runs.empty()) {
       const Mat& first = *mats[ids[runs.back().first]];
-      if (first.m == a.m && first.n == a.n) {
+      if (first.m == a.m && first.n == a.n && (!by_dtype || first.dtype == a.dtype)) {
         ++runs.back().second;
         continue;
       }
@@ -38,7 +45,7 @@ std::vector<std::pair<int64_t, int64_t>> shape_runs(const std::vector<int>& ids,
 }
 
 // x * 2^k (k integer-valued, |k| <= 1074), exact within the normal range: two factors built from
-// their bits, so that every k a float64 matrix can need has representable ones.
+// their bits, so that every k a float64 matrix can need has representable ones (float64 result).
 at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& k) {
   const auto pow2 = [](const at::Tensor& e) { return at::bitwise_left_shift(e + 1023, 52).view(at::kDouble); };
   const at::Tensor half = at::floor_divide(k, 2);
@@ -47,7 +54,10 @@ at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& k) {
 
 }  // namespace
 
+template <typename T>
 void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padded) {
+  constexpr bool f32 = std::is_same<T, float>::value;
+  const at::ScalarType type = f32 ? at::kFloat : at::kDouble;
   const int64_t batch = static_cast<int64_t>(ids.size());
   std::vector<int64_t> ld(batch), top(batch), moff(batch + 1, 0), goff(batch + 1, 0), woff(batch + 1, 0);
   for (int64_t b = 0; b < batch; ++b) {
@@ -58,12 +68,15 @@ void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padde
     goff[b + 1] = goff[b] + ld[b] * ld[b];
     woff[b + 1] = woff[b] + ld[b];
   }
-  const int M = add_buffer(moff[batch]), G = add_buffer(goff[batch], /*zero=*/padded),
-            W = add_buffer(woff[batch]), I = add_buffer(woff[batch]), P = add_buffer(moff[batch]);
+  // M, G, W, P in precision T; S (the eigenvalues, then the singular values) and I (their
+  // inverses) in float64 (S is W itself in float64).
+  const int M = add_buffer(moff[batch], false, type), G = add_buffer(goff[batch], /*zero=*/padded, type),
+            W = add_buffer(woff[batch], false, type), I = add_buffer(woff[batch]),
+            P = add_buffer(moff[batch], false, type);
   std::vector<PackTarget> targets;
   for (int64_t b = 0; b < batch; ++b) {
     const Mat& a = mat(ids[b]);
-    targets.push_back({ptr(M) + moff[b], a.n, 1, a.m, a.n});  // row-major
+    targets.push_back({data<T>(M) + moff[b], a.n, 1, a.m, a.n, f32});  // row-major
   }
   pack(ids, targets);
 
@@ -81,11 +94,17 @@ void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padde
   }
   for (const auto& [p0, count] : runs) {
     const Mat& a = mat(ids[p0]);
-    check(gram(blas, ptr(M) + moff[p0], a.m, a.n, count, ptr(G) + goff[p0], ld[p0], ld[p0] * ld[p0]),
-          "forming the Gram matrices (DGEMM)");
+    check(gram(blas, data<T>(M) + moff[p0], a.m, a.n, count, data<T>(G) + goff[p0], ld[p0], ld[p0] * ld[p0]),
+          f32 ? "forming the Gram matrices (SGEMM)" : "forming the Gram matrices (DGEMM)");
   }
-  if (padded) solve_padded_eigen(batch, G, W, info);
-  else solve_gram_eigen(ids, goff, woff, G, W, info);
+  if (padded) solve_padded_eigen<T>(batch, G, W, info);
+  else solve_gram_eigen<T>(ids, goff, woff, G, W, info);
+  int S = W;
+  if (f32) {
+    flag_over_budget(ids, ld, woff, W, at::cat(exps), ill);
+    S = add_buffer(woff[batch]);
+    buffers_[S].copy_(buffers_[W]);
+  }
 
   std::vector<SegmentDesc> seg;
   std::vector<int64_t> inv_off(batch);  // the top k inverse singular values of each matrix
@@ -93,10 +112,13 @@ void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padde
     const Mat& a = mat(ids[b]);
     inv_off[b] = woff[b] + top[b];
     SegmentDesc d{};
-    d.values = ptr(W) + inv_off[b];
+    d.values = ptr(S) + inv_off[b];
     d.inv = ptr(I) + inv_off[b];
-    d.ill = (method_ == Method::Auto) ? ill + b : nullptr;
+    // float32: the error budget flagged it already; float64 under "auto": the Gram accuracy range
+    d.ill = (!f32 && method_ == Method::Auto) ? ill + b : nullptr;
     d.k = a.k();
+    // float32 too: a matrix within its budget has every eigenvalue far above this tolerance
+    // (precision.h's floor), and one that is not is redone in float64.
     d.rel_tol = gram_rank_tolerance(a.m, a.n);
     d.eigen = 1;
     seg.push_back(d);
@@ -106,14 +128,14 @@ void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padde
   for (const auto& [p0, count] : runs) {
     const Mat& a = mat(ids[p0]);
     const int64_t q = goff[p0] + top[p0] * ld[p0];  // first of the top-k eigenvector columns
-    check(gram_apply(blas, ptr(M) + moff[p0], a.m, a.n, count, ptr(G) + q, ld[p0], ld[p0] * ld[p0],
-                     ptr(P) + moff[p0]),
-          "applying the eigenvectors (DGEMM)");
+    check(gram_apply(blas, data<T>(M) + moff[p0], a.m, a.n, count, data<T>(G) + q, ld[p0], ld[p0] * ld[p0],
+                     data<T>(P) + moff[p0]),
+          f32 ? "applying the eigenvectors (SGEMM)" : "applying the eigenvectors (DGEMM)");
   }
   scale_by_inverse_sigma(ids, P, moff, I, inv_off);
   for (size_t r = 0; r < runs.size(); ++r) {
     const auto& [p0, count] = runs[r];
-    at::Tensor w = buffers_[W].narrow(0, woff[p0], count * ld[p0]).view({count, ld[p0]});
+    at::Tensor w = buffers_[S].narrow(0, woff[p0], count * ld[p0]).view({count, ld[p0]});
     w.copy_(times_pow2(w, exps[r]));
   }
 
@@ -121,9 +143,10 @@ void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padde
     const Mat& a = mat(ids[b]);
     const int64_t k = a.k(), q = goff[b] + top[b] * ld[b];
     Factors& f = factors_[ids[b]];
-    f.route = padded ? Route::GramPadded : Route::Gram;
+    const RouteCode route = padded ? kRouteCudaGramPadded : kRouteCudaGram;
+    f.route = f32 ? float32_form(route) : route;
     f.ascending = true;
-    f.s = view(W, inv_off[b], {k}, {1});
+    f.s = view(S, inv_off[b], {k}, {1});
     if (a.m <= a.n) {
       f.u = view(G, q, {a.m, k}, {1, ld[b]});       // Q (column-major)
       f.vh = view(P, moff[b], {k, a.n}, {a.n, 1});  // diag(1/s) Q^T M
@@ -135,16 +158,34 @@ void Wave::run_gram(const std::vector<int>& ids, int* info, int* ill, bool padde
   }
 }
 
+// Float32 routes: the budget of each (shape, dtype) run in one device computation; no host sync.
+// The bound takes the eigenvalues of the weight itself (a map such as log1p is not scale-free):
+// those of the scaled matrix times 4^exps.
+void Wave::flag_over_budget(const std::vector<int>& ids, const std::vector<int64_t>& ld,
+                            const std::vector<int64_t>& woff, int W, const at::Tensor& exps, int* ill) {
+  const auto flags = at::TensorOptions().dtype(at::kInt).device(device_);
+  for (const auto& [p0, count] : shape_runs(ids, mats_, /*by_dtype=*/true)) {
+    const Mat& a = mat(ids[p0]);
+    const at::Tensor scaled =
+        buffers_[W].narrow(0, woff[p0], count * ld[p0]).view({count, ld[p0]}).narrow(1, ld[p0] - a.k(), a.k());
+    const at::Tensor l = times_pow2(scaled, 2 * exps.narrow(0, p0, count));
+    const at::Tensor within = gram32_within_budget(l, map_, a.dtype);
+    at::from_blob(ill + p0, {count}, flags).copy_(within.logical_not());
+  }
+}
+
 // Every padded 32x32 Gram matrix in one syevjBatched (per chunk whose int workspace fits).
+template <typename T>
 void Wave::solve_padded_eigen(int64_t batch, int G, int W, int* info) {
   constexpr int64_t D = kSmallDim, DD = D * D;
   run_batched_jacobi(
-      batch, "syevjBatched",
+      batch, "syevjBatched", std::is_same<T, float>::value ? at::kFloat : at::kDouble,
       [&](cusolverDnHandle_t h, int count, int* lwork) {
-        return small_eigh_workspace(h, ptr(G), ptr(W), count, lwork);
+        return small_eigh_workspace(h, data<T>(G), data<T>(W), count, lwork);
       },
-      [&](cusolverDnHandle_t h, int64_t b0, int count, double* work, int lwork) {
-        return small_eigh(h, ptr(G) + b0 * DD, ptr(W) + b0 * D, work, lwork, info + b0, count);
+      [&](cusolverDnHandle_t h, int64_t b0, int count, void* work, int lwork) {
+        return small_eigh(h, data<T>(G) + b0 * DD, data<T>(W) + b0 * D, static_cast<T*>(work), lwork, info + b0,
+                          count);
       });
 }
 
@@ -153,6 +194,7 @@ void Wave::solve_padded_eigen(int64_t batch, int G, int W, int* info) {
 // the queried workspace exceeds the wave's slack, when the query answers INVALID_VALUE, or when
 // the workspace cannot be allocated; Xsyevd per matrix on the side streams for Gram matrices above
 // kTuning.batched_eigh_max_side.
+template <typename T>
 void Wave::solve_gram_eigen(const std::vector<int>& ids, const std::vector<int64_t>& goff,
                             const std::vector<int64_t>& woff, int G, int W, int* info) {
   SolverHandle handle(device_.index(), stream());
@@ -167,7 +209,7 @@ void Wave::solve_gram_eigen(const std::vector<int>& ids, const std::vector<int64
     size_t dev_bytes = 0, host_bytes = 0;
     at::Tensor dev_work;
     for (;;) {
-      const Status st = eigh_batched_workspace(handle, ptr(G) + goff[p0], k, ptr(W) + woff[p0], chunk,
+      const Status st = eigh_batched_workspace(handle, data<T>(G) + goff[p0], k, data<T>(W) + woff[p0], chunk,
                                                &dev_bytes, &host_bytes);
       if (chunk > 1 && !st.ok() && st.code == CUSOLVER_STATUS_INVALID_VALUE) { chunk /= 2; continue; }
       check(st, "sizing the XsyevBatched workspace");
@@ -185,7 +227,7 @@ void Wave::solve_gram_eigen(const std::vector<int>& ids, const std::vector<int64
     host_work_.emplace_back(std::max<size_t>(host_bytes, 1));
     for (int64_t c0 = p0; c0 < p0 + count; c0 += chunk) {
       const int64_t c = std::min(chunk, p0 + count - c0);
-      check(eigh_batched(handle, ptr(G) + goff[c0], k, ptr(W) + woff[c0], dev_work.data_ptr(), dev_bytes,
+      check(eigh_batched(handle, data<T>(G) + goff[c0], k, data<T>(W) + woff[c0], dev_work.data_ptr(), dev_bytes,
                          host_work_.back().data(), host_bytes, info + c0, c),
             "running XsyevBatched");
     }
@@ -202,7 +244,7 @@ void Wave::solve_gram_eigen(const std::vector<int>& ids, const std::vector<int64
   for (size_t j = 0; j < one_by_one.size(); ++j) {
     const int64_t p = one_by_one[j];
     size_t dev_bytes = 0, host_bytes = 0;
-    check(eigh_workspace(fan.handle(slot[j]), ptr(G) + goff[p], mat(ids[p]).k(), ptr(W) + woff[p],
+    check(eigh_workspace(fan.handle(slot[j]), data<T>(G) + goff[p], mat(ids[p]).k(), data<T>(W) + woff[p],
                          &dev_bytes, &host_bytes),
           "sizing the Xsyevd workspace");
     dev_need[slot[j]] = std::max(dev_need[slot[j]], dev_bytes);
@@ -220,11 +262,14 @@ void Wave::solve_gram_eigen(const std::vector<int>& ids, const std::vector<int64
   for (size_t j = 0; j < one_by_one.size(); ++j) {
     const int64_t p = one_by_one[j];
     const int s = slot[j];
-    check(eigh(fan.handle(s), ptr(G) + goff[p], mat(ids[p]).k(), ptr(W) + woff[p], dev_work[s].data_ptr(),
+    check(eigh(fan.handle(s), data<T>(G) + goff[p], mat(ids[p]).k(), data<T>(W) + woff[p], dev_work[s].data_ptr(),
                dev_need[s], host_work_[host_index[s]].data(), host_need[s], info + p),
           "running Xsyevd");
   }
 }
+
+template void Wave::run_gram<double>(const std::vector<int>&, int*, int*, bool);
+template void Wave::run_gram<float>(const std::vector<int>&, int*, int*, bool);
 
 }  // namespace cuda
 }  // namespace svs

@@ -12,37 +12,46 @@
 namespace svs {
 namespace cuda {
 
-// Compute precision: every decomposition runs in float64, for every input dtype.
-//   - sqrt amplifies the error of small singular values: with a float32 SVD a component with
-//     s = s_max / kappa gets a relative error ~ eps32 * kappa, so the output is off by about
-//     eps32 * sqrt(kappa) / 2 ~ 6e-5 at kappa 1e6, and the float32 rank tolerance
-//     max(m, n) * eps32 (~4e-6 for 32x32, ~1e-4 for 1000 columns) would zero singular values
-//     that the float64 CPU kernel keeps. In float64 the CUDA kernel follows the CPU reference
-//     (same rank rule and Gram threshold, constants.h).
-//   - H100/H200 run FP64 at half the FP32 vector rate and DGEMM on FP64 tensor cores at the FP32
-//     rate, and the Gram route needs float64 anyway.
+// Compute precision, by output dtype (the plan of precision.h, as on the ATen route):
+//   - float32 and float64 outputs: every decomposition runs in float64.
+//       sqrt amplifies the error of small singular values: with a float32 SVD a component with
+//       s = s_max / kappa gets a relative error ~ eps32 * kappa, so the output is off by about
+//       eps32 * sqrt(kappa) / 2 ~ 6e-5 at kappa 1e6, and the float32 rank tolerance
+//       max(m, n) * eps32 (~4e-6 for 32x32, ~1e-4 for 1000 columns) would zero singular values
+//       that the float64 CPU kernel keeps. In float64 the CUDA kernel follows the CPU reference
+//       (same rank rule and Gram threshold, constants.h). H100/H200 run FP64 at half the FP32
+//       vector rate and DGEMM on FP64 tensor cores at the FP32 rate.
+//   - bf16 and fp16 outputs (float32_eligible) under method="auto": the Gram routes run in float32
+//       first (kRouteCudaGram32, kRouteCudaGramPadded32: SGEMM, float32 eigensolvers), and each
+//       matrix keeps that result only where gram32_within_budget holds for its float32 Gram
+//       eigenvalues: precision.h's first-order bound on the decomposition's relative error
+//       (gram32_error_bound: the Gram matrix's and eigensolver's float32 error delta ~ u32 * l_max
+//       carried through the map's derivative, plus the float32 products; +inf unless every
+//       eigenvalue is well above delta) is at most kFloat32Budget = 1/4 of the output's unit
+//       roundoff (2^-8 bf16, 2^-11 fp16), so the result's error is at most ~1.05x its rounding
+//       alone. The CUDA Gram route computes the same W' = Q g(L) Q^T M as the ATen route the bound
+//       was derived for (U = Q, Vh = diag(1/s) Q^T M, or the transpose), so the bound holds
+//       for it as it stands; the reconstruction's own error (svs::_reconstruct) comes on top on
+//       every route alike. Any other matrix (rank-deficient, too ill-conditioned, not converged)
+//       is redone on the float64 Gram route, as without the plan. Each matrix is first scaled by a
+//       power of two (max |entry| in [1/2, 1)), so its float32 Gram matrix neither underflows nor
+//       overflows: the ATen route's gram32_in_range is not needed here.
 // The factors handed to svs::_reconstruct are float32 (float64 for float64 inputs): rounding
 // orthonormal factors costs ~1e-7 relative, independent of kappa.
 
-enum class Route {
-  Small,       // both sides <= 32: zero-pad to 32x32, ONE gesvdjBatched for all such matrices
-  GramPadded,  // short side k <= 32 < long side: float64 Gram (k x k) padded to 32x32, ONE
-               // syevjBatched for all of them
-  Gram,        // float64 Gram per shape group (DGEMM), XsyevBatched (or Xsyevd per matrix)
-  Jacobi,      // gesvdj per matrix (float64, economy), spread over several streams
-  Exact,       // gesvd per matrix (float64, QR-based), spread over several streams
-};
-
-inline const char* route_name(Route r) {
-  switch (r) {
-    case Route::Small: return "small (gesvdjBatched 32x32)";
-    case Route::GramPadded: return "gram-padded (syevjBatched 32x32)";
-    case Route::Gram: return "gram";
-    case Route::Jacobi: return "jacobi (gesvdj)";
-    case Route::Exact: return "exact (gesvd)";
-  }
-  return "?";
-}
+// The routes are the CUDA RouteCodes of constants.h (the codes and names that
+// svs::refine_with_spectra reports), one vocabulary for the planner and the report:
+//   kRouteCudaSmall       both sides <= 32: zero-pad to 32x32, ONE gesvdjBatched for all such
+//                         matrices
+//   kRouteCudaGramPadded  short side k <= 32 < long side: float64 Gram (k x k) padded to 32x32,
+//                         ONE syevjBatched for all of them
+//   kRouteCudaGram        float64 Gram per shape group (DGEMM), XsyevBatched (or Xsyevd per matrix)
+//   kRouteCudaGramPadded32, kRouteCudaGram32
+//                         the same two in float32 (SGEMM, Ssyevj / XsyevBatched / Xsyevd on
+//                         CUDA_R_32F), for bf16/fp16 outputs; a matrix over its error budget is
+//                         redone on the float64 one
+//   kRouteCudaJacobi      gesvdj per matrix (float64, economy), spread over several streams
+//   kRouteCudaExact       gesvd per matrix (float64, QR-based), spread over several streams
 
 // method= of the operator on CUDA.
 enum class Method { Auto, Jacobi, Gram, Svd };
@@ -71,13 +80,13 @@ constexpr int64_t kAnySize = std::numeric_limits<int64_t>::max();
 struct PlanRow {
   int64_t max_short;
   int64_t max_long;
-  Route route;
+  RouteCode route;
 };
 
 constexpr PlanRow kAutoPlan[] = {
-    {32, 32, Route::Small},
-    {32, kAnySize, Route::GramPadded},
-    {kAnySize, kAnySize, Route::Gram},
+    {32, 32, kRouteCudaSmall},
+    {32, kAnySize, kRouteCudaGramPadded},
+    {kAnySize, kAnySize, kRouteCudaGram},
 };
 
 struct Tuning {
@@ -109,25 +118,42 @@ constexpr Tuning kTuning = {
     /*max_small_batch=*/int64_t{1} << 17,
 };
 
-// The route of a (m x n) matrix under `method`. Whatever the method, a matrix with both sides
-// <= 32 joins the one gesvdjBatched launch (float64 Jacobi to machine precision is as exact as
-// gesvd, and gesvd redoes any matrix it does not converge on); method= chooses among the routes
-// for larger matrices:
+// The route of a (m x n) matrix under `method`, in float64. Whatever the method, a matrix with
+// both sides <= 32 joins the one gesvdjBatched launch (float64 Jacobi to machine precision is as
+// exact as gesvd, and gesvd redoes any matrix it does not converge on); method= chooses among the
+// routes for larger matrices:
 //   jacobi: Jacobi per matrix.  gram: Gram (padded when the short side is <= 32), no redo.
 //   svd: gesvd per matrix, the exact reference route.  auto: kAutoPlan, with redo (see above).
-inline Route plan_route(int64_t m, int64_t n, Method method) {
+inline RouteCode plan_float64_route(int64_t m, int64_t n, Method method) {
   const int64_t s = m < n ? m : n;
   const int64_t l = m < n ? n : m;
-  if (l <= kSmallDim) return Route::Small;
+  if (l <= kSmallDim) return kRouteCudaSmall;
   switch (method) {
-    case Method::Svd: return Route::Exact;
-    case Method::Jacobi: return Route::Jacobi;
-    case Method::Gram: return (s <= kSmallDim) ? Route::GramPadded : Route::Gram;
+    case Method::Svd: return kRouteCudaExact;
+    case Method::Jacobi: return kRouteCudaJacobi;
+    case Method::Gram: return (s <= kSmallDim) ? kRouteCudaGramPadded : kRouteCudaGram;
     case Method::Auto: break;
   }
   for (const PlanRow& row : kAutoPlan)
     if (s <= row.max_short && l <= row.max_long) return row.route;
-  return Route::Gram;
+  return kRouteCudaGram;
+}
+
+// The float32 form of a Gram route, and the float64 form of a float32 one (the route that redoes
+// a matrix over its budget); every other route is its own form.
+inline RouteCode float32_form(RouteCode r) {
+  return r == kRouteCudaGram ? kRouteCudaGram32 : r == kRouteCudaGramPadded ? kRouteCudaGramPadded32 : r;
+}
+inline RouteCode float64_form(RouteCode r) {
+  return r == kRouteCudaGram32 ? kRouteCudaGram : r == kRouteCudaGramPadded32 ? kRouteCudaGramPadded : r;
+}
+
+// The first route of a (m x n) matrix: plan_float64_route's, in float32 under method="auto"
+// where `float32` (a bf16 or fp16 output: float32_eligible, precision.h) and the route has a
+// float32 form. (As on the ATen route: an explicit method= keeps its float64 route.)
+inline RouteCode plan_route(int64_t m, int64_t n, Method method, bool float32) {
+  const RouteCode route = plan_float64_route(m, n, method);
+  return float32 && method == Method::Auto ? float32_form(route) : route;
 }
 
 }  // namespace cuda

@@ -3,15 +3,18 @@
 // wave), runs them, and scales every bias in one launch. method="aten" runs the device-generic
 // ATen route (csrc/refine_aten.cpp) on the GPU instead: the exact fallback on any GPU.
 //
-// Flow of one wave (wave.cpp): pack every weight into float64 scratch (one launch); run each
-// route's decompositions (batched routes: one launch for all their matrices; per-matrix routes:
-// spread over side streams); ONE host sync per phase reads every solver's info; matrices that did
-// not converge or are outside the Gram route's accuracy range are redone exactly in a second
-// phase; one threshold launch applies the rank rule; the factors go to svs::_reconstruct.
+// Flow of one wave (wave.cpp): pack every weight into float64 scratch, float32 for the float32
+// Gram routes of bf16/fp16 weights (one launch per route); run each route's decompositions
+// (batched routes: one launch for all their matrices; per-matrix routes: spread over side
+// streams); ONE host sync per phase reads every solver's info and flags; matrices over their
+// float32 budget are redone in float64 in the next phase, and matrices that did not converge or
+// are outside the Gram route's accuracy range exactly; one threshold launch applies the rank
+// rule; the factors go to svs::_reconstruct.
 // After the waves every result is certified (csrc/certificate.cpp) and one that fails is
 // recomputed on the ATen route (certify_or_recompute). UNVERIFIED on a GPU: it compiles
 // (tools/check_cuda_compiles.sh); tests/csrc/test_certificate.py runs it where a GPU is present.
 #include "planner.h"
+#include "precision.h"
 #include "refine.h"
 #include "svs_cuda.h"
 #include "wave.h"
@@ -21,7 +24,9 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <limits>
 #include <numeric>
+#include <optional>
 #include <tuple>
 #include <utility>
 
@@ -31,12 +36,11 @@ namespace {
 namespace sc = svs::cuda;
 using sc::Mat;
 using sc::Method;
-using sc::Route;
 
 // method= of the CUDA kernel, in the order its error message names them, and the planner's
-// Method of each ("aten" runs the ATen route instead of planning).
-constexpr std::pair<const char*, Method> kMethods[] = {
-    {"auto", Method::Auto}, {"aten", Method::Auto}, {"jacobi", Method::Jacobi},
+// Method of each; "aten" has none: it runs the device-generic ATen route instead of planning.
+constexpr std::pair<const char*, std::optional<Method>> kMethods[] = {
+    {"auto", Method::Auto}, {"aten", std::nullopt}, {"jacobi", Method::Jacobi},
     {"gram", Method::Gram}, {"svd", Method::Svd}};
 
 bool source_type(at::ScalarType t, int32_t* out) {
@@ -114,6 +118,7 @@ void certify_or_recompute(at::TensorList weights, std::vector<at::Tensor>& outpu
       routes.push_back(spectra.routes[i]);
       const at::ScalarType dtype = outputs[i].scalar_type();
       precision.push_back(precision_of(dtype, reconstruct_error(dtype, std::min(rows, cols))));
+      if (is_float32_route(routes.back())) precision.back().decompose = std::numeric_limits<float>::epsilon();
     }
     const at::Tensor a64 = at::stack(a), s64 = at::stack(s);
     at::Tensor out64 = at::stack(out);
@@ -146,16 +151,13 @@ void certify_or_recompute(at::TensorList weights, std::vector<at::Tensor>& outpu
     no_biases.push_back(std::nullopt);
   }
   Spectra exact(failed.size());
-  RefineResult result;
-  try {
-    result = refine_aten(redo, no_biases, map, eps, "auto", &exact, /*certify=*/true);
-  } catch (const c10::Error& e) {
-    TORCH_CHECK(false, with_caller_indices(e.what_without_backtrace(), failed));
-  }
+  const RefineResult result =
+      refine_aten(redo, no_biases, map, eps, "auto", &exact, /*certify=*/true, std::nullopt, failed);
   for (size_t j = 0; j < failed.size(); ++j) {
     outputs[failed[j]].copy_(std::get<0>(result)[j]);
     spectra.values[failed[j]] = exact.values[j];
-    spectra.routes[failed[j]] = exact.routes[j] == kRouteAtenGram ? kRouteFallbackGram : kRouteFallbackSvd;
+    // aten:gram and aten:gram32 (the ATen route's float32 plan for bf16/fp16) are Gram routes
+    spectra.routes[failed[j]] = exact.routes[j] == kRouteAtenSvd ? kRouteFallbackSvd : kRouteFallbackGram;
   }
   TORCH_WARN("svs.refine (CUDA): ", failed.size(), " result(s) failed the certificate and were recomputed on ",
              "the exact aten route: ", what, ". Please report this with your GPU and CUDA version; ",
@@ -169,20 +171,21 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
   const SigmaMap map = parse_map(map_name);  // validates; _reconstruct applies the map
   const std::string method_name(method_view);
   check_method(c10::DeviceType::CUDA, method_name);
-  Method method = Method::Auto;
+  std::optional<Method> planned;
   for (const auto& [name, value] : kMethods) {
-    if (method_name == name) method = value;
+    if (method_name == name) planned = value;
   }
   check_inputs(weights, biases, eps);
   const std::optional<Corruption> corruption = take_corruption(weights.size());
 
   const at::Device device = weights[0].device();
   c10::cuda::CUDAGuard guard(device);
-  if (method_name == "aten") {
+  if (!planned.has_value()) {  // "aten"
     RefineResult result = refine_aten(weights, biases, map, eps, "auto", spectra, certify, corruption);
     check_outputs(std::get<0>(result), map_name);
     return result;
   }
+  const Method method = *planned;
   // The certificate needs every matrix's singular values: kept here when the caller wants none.
   const bool needs_spectra = certify || corruption.has_value();
   Spectra own(spectra == nullptr && needs_spectra ? weights.size() : 0);
@@ -202,7 +205,9 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
       a.src = a.src.to(at::kFloat);  // e.g. float8: unpacked through float32
       a.src_type = sc::kSourceF32;
     }
-    a.f64 = w.scalar_type() == at::kDouble;
+    a.dtype = w.scalar_type();
+    a.f64 = a.dtype == at::kDouble;
+    a.float32 = float32_eligible(a.dtype);
     mats.push_back(std::move(a));
     outputs.push_back(at::empty(w.sizes(), w.options().memory_format(at::MemoryFormat::Contiguous)));
   }
@@ -210,8 +215,8 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
   // Order by (route, shape) so that batched routes stay batched inside a wave, then cut waves.
   std::vector<int> order(mats.size());
   std::iota(order.begin(), order.end(), 0);
-  std::vector<Route> first_route;
-  for (const Mat& a : mats) first_route.push_back(sc::plan_route(a.m, a.n, method));
+  std::vector<RouteCode> first_route;
+  for (const Mat& a : mats) first_route.push_back(sc::plan_route(a.m, a.n, method, a.float32));
   std::stable_sort(order.begin(), order.end(), [&](int x, int y) {
     return std::make_tuple(static_cast<int>(first_route[x]), mats[x].m, mats[x].n) <
            std::make_tuple(static_cast<int>(first_route[y]), mats[y].m, mats[y].n);
@@ -220,7 +225,7 @@ RefineResult refine_cuda(at::TensorList weights, const OptionalTensorList& biase
   int64_t wave_bytes = 0;
   auto flush = [&]() {
     if (wave.empty()) return;
-    sc::Wave(std::move(wave), method, device, sc::kTuning.wave_bytes - wave_bytes).run(map_name, outputs, found);
+    sc::Wave(std::move(wave), method, map, device, sc::kTuning.wave_bytes - wave_bytes).run(outputs, found);
     wave.clear();
     wave_bytes = 0;
   };

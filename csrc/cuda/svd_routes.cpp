@@ -1,5 +1,5 @@
-// Route::Small (one gesvdjBatched for every matrix with both sides <= 32) and the per-matrix
-// SVD routes Route::Jacobi (gesvdj) and Route::Exact (gesvd), spread over side streams.
+// kRouteCudaSmall (one gesvdjBatched for every matrix with both sides <= 32) and the per-matrix
+// SVD routes kRouteCudaJacobi (gesvdj) and kRouteCudaExact (gesvd), spread over side streams.
 #include "handles.h"
 #include "int_workspace.h"
 #include "wave.h"
@@ -9,8 +9,8 @@
 
 namespace svs {
 namespace cuda {
-void Wave::run_batched_jacobi(int64_t batch, const char* name, const JacobiSize& size,
-                              const JacobiRun& run) {
+void Wave::run_batched_jacobi(int64_t batch, const char* name, at::ScalarType work_type,
+                              const JacobiSize& size, const JacobiRun& run) {
   SolverHandle handle(device_.index(), stream());
   const std::string sizing = std::string("sizing the ") + name + " workspace";
   const std::string running = std::string("running ") + name;
@@ -21,11 +21,11 @@ void Wave::run_batched_jacobi(int64_t batch, const char* name, const JacobiSize&
   };
   const int64_t chunk = int_workspace_batch(lwork_of, std::min(batch, kTuning.max_small_batch));
   const int lwork = lwork_of(static_cast<int>(chunk));
-  at::Tensor work = at::empty({std::max(lwork, 1)}, at::TensorOptions().dtype(at::kDouble).device(device_));
+  at::Tensor work = at::empty({std::max(lwork, 1)}, at::TensorOptions().dtype(work_type).device(device_));
   keep_alive_.push_back(work);
   for (int64_t b0 = 0; b0 < batch; b0 += chunk) {
     const int count = static_cast<int>(std::min(chunk, batch - b0));
-    check(run(handle, b0, count, work.data_ptr<double>(), lwork), running.c_str());
+    check(run(handle, b0, count, work.data_ptr(), lwork), running.c_str());
   }
 }
 
@@ -39,13 +39,13 @@ void Wave::run_small(const std::vector<int>& ids, int* info) {
   pack(ids, targets);
 
   run_batched_jacobi(
-      batch, "gesvdjBatched",
+      batch, "gesvdjBatched", at::kDouble,
       [&](cusolverDnHandle_t h, int count, int* lwork) {
         return small_svd_workspace(h, ptr(A), ptr(S), ptr(U), ptr(V), count, lwork);
       },
-      [&](cusolverDnHandle_t h, int64_t b0, int count, double* work, int lwork) {
-        return small_svd(h, ptr(A) + b0 * DD, ptr(S) + b0 * D, ptr(U) + b0 * DD, ptr(V) + b0 * DD, work,
-                         lwork, info + b0, count);
+      [&](cusolverDnHandle_t h, int64_t b0, int count, void* work, int lwork) {
+        return small_svd(h, ptr(A) + b0 * DD, ptr(S) + b0 * D, ptr(U) + b0 * DD, ptr(V) + b0 * DD,
+                         static_cast<double*>(work), lwork, info + b0, count);
       });
 
   // Column-major U (32x32): U[:m, :k] has strides (1, 32). Column-major V: Vh = V^T [:k, :n] has
@@ -53,7 +53,7 @@ void Wave::run_small(const std::vector<int>& ids, int* info) {
   // padding only adds zero singular values).
   for (int64_t b = 0; b < batch; ++b) {
     const Mat& a = mat(ids[b]);
-    set_svd_factors(ids[b], Route::Small, view(U, b * DD, {a.m, a.k()}, {1, D}), view(S, b * D, {a.k()}, {1}),
+    set_svd_factors(ids[b], kRouteCudaSmall, view(U, b * DD, {a.m, a.k()}, {1, D}), view(S, b * D, {a.k()}, {1}),
                     view(V, b * DD, {a.k(), a.n}, {D, 1}));
   }
 }
@@ -126,7 +126,7 @@ void Wave::run_per_matrix_svd(const std::vector<int>& ids, int* info, bool exact
             "running gesvdj");
   }
 
-  const Route route = exact ? Route::Exact : Route::Jacobi;
+  const RouteCode route = exact ? kRouteCudaExact : kRouteCudaJacobi;
   for (int64_t b = 0; b < batch; ++b) {
     const Mat& a = mat(ids[b]);
     const int64_t k = a.k();

@@ -95,7 +95,9 @@ __global__ void pack_kernel(const PackDesc* desc, int64_t count, int64_t total) 
     const double v = (r < d.rows && c < d.cols)
                          ? load_as_double(d.src, d.src_type, r * d.src_stride_r + c * d.src_stride_c)
                          : 0.0;
-    d.dst[r * d.dst_stride_r + c * d.dst_stride_c] = v;
+    const int64_t at = r * d.dst_stride_r + c * d.dst_stride_c;
+    if (d.dst_f32) static_cast<float*>(d.dst)[at] = static_cast<float>(v);
+    else static_cast<double*>(d.dst)[at] = v;
   }
 }
 
@@ -109,7 +111,9 @@ __global__ void scale_kernel(const ScaleDesc* desc, int64_t count, int64_t total
     const int64_t t = e - d.begin;
     const int64_t r = t / d.cols;
     const int64_t c = t - r * d.cols;
-    d.p[t] *= d.scale[d.by_row ? r : c];
+    const double f = d.scale[d.by_row ? r : c];
+    if (d.p_f32) static_cast<float*>(d.p)[t] = static_cast<float>(static_cast<float*>(d.p)[t] * f);
+    else static_cast<double*>(d.p)[t] *= f;
   }
 }
 
@@ -268,117 +272,186 @@ Status small_svd(cusolverDnHandle_t handle, double* A, double* S, double* U, dou
   return Status{};
 }
 
-// ---- padded Gram route ---------------------------------------------------------------------------
-Status small_eigh_workspace(cusolverDnHandle_t handle, const double* A, const double* W, int batch,
-                            int* lwork) {
+// ---- the Gram routes, in float64 (double) and float32 (float) ------------------------------------
+namespace {
+
+// The typed entry points of cuSOLVER / cuBLAS, by element type.
+cudaDataType real_type(const double*) { return CUDA_R_64F; }
+cudaDataType real_type(const float*) { return CUDA_R_32F; }
+
+cusolverStatus_t syevj_batched_size(cusolverDnHandle_t h, const double* A, const double* W, int* lwork,
+                                    syevjInfo_t p, int batch) {
+  return cusolverDnDsyevjBatched_bufferSize(h, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, kSmallDim, A,
+                                            kSmallDim, W, lwork, p, batch);
+}
+cusolverStatus_t syevj_batched_size(cusolverDnHandle_t h, const float* A, const float* W, int* lwork,
+                                    syevjInfo_t p, int batch) {
+  return cusolverDnSsyevjBatched_bufferSize(h, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, kSmallDim, A,
+                                            kSmallDim, W, lwork, p, batch);
+}
+cusolverStatus_t syevj_batched(cusolverDnHandle_t h, double* A, double* W, double* work, int lwork, int* info,
+                               syevjInfo_t p, int batch) {
+  return cusolverDnDsyevjBatched(h, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, kSmallDim, A, kSmallDim, W,
+                                 work, lwork, info, p, batch);
+}
+cusolverStatus_t syevj_batched(cusolverDnHandle_t h, float* A, float* W, float* work, int lwork, int* info,
+                               syevjInfo_t p, int batch) {
+  return cusolverDnSsyevjBatched(h, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, kSmallDim, A, kSmallDim, W,
+                                 work, lwork, info, p, batch);
+}
+
+cublasStatus_t gemm_strided(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const double* A, int lda, long long sa, const double* B, int ldb, long long sb, double* C,
+                            int ldc, long long sc, int batch) {
+  const double one = 1.0, zero = 0.0;
+  return cublasDgemmStridedBatched(h, ta, tb, m, n, k, &one, A, lda, sa, B, ldb, sb, &zero, C, ldc, sc, batch);
+}
+cublasStatus_t gemm_strided(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                            const float* A, int lda, long long sa, const float* B, int ldb, long long sb, float* C,
+                            int ldc, long long sc, int batch) {
+  const float one = 1.0f, zero = 0.0f;
+  return cublasSgemmStridedBatched(h, ta, tb, m, n, k, &one, A, lda, sa, B, ldb, sb, &zero, C, ldc, sc, batch);
+}
+
+template <typename T>
+Status small_eigh_workspace_t(cusolverDnHandle_t handle, const T* A, const T* W, int batch, int* lwork) {
   SyevjParams params;
   Status st = make_syevj_params(params);
   if (!st.ok()) return st;
-  SVS_CUSOLVER(cusolverDnDsyevjBatched_bufferSize(handle, CUSOLVER_EIG_MODE_VECTOR,
-                                                  CUBLAS_FILL_MODE_LOWER, kSmallDim, A, kSmallDim,
-                                                  W, lwork, params.p, batch));
+  SVS_CUSOLVER(syevj_batched_size(handle, A, W, lwork, params.p, batch));
   return Status{};
 }
 
-Status small_eigh(cusolverDnHandle_t handle, double* A, double* W, double* work, int lwork,
-                  int* info, int batch) {
+template <typename T>
+Status small_eigh_t(cusolverDnHandle_t handle, T* A, T* W, T* work, int lwork, int* info, int batch) {
   SyevjParams params;
   Status st = make_syevj_params(params);
   if (!st.ok()) return st;
-  SVS_CUSOLVER(cusolverDnDsyevjBatched(handle, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER,
-                                       kSmallDim, A, kSmallDim, W, work, lwork, info, params.p,
-                                       batch));
+  SVS_CUSOLVER(syevj_batched(handle, A, W, work, lwork, info, params.p, batch));
   return Status{};
 }
 
-// ---- Gram route GEMMs ----------------------------------------------------------------------------
 // The row-major M_b (m x n) read column-major is Y_b = M_b^T (n x m, leading dimension n).
-Status gram(cublasHandle_t handle, const double* M, int64_t m, int64_t n, int64_t batch, double* G,
-            int64_t ldg, int64_t stride_g) {
+template <typename T>
+Status gram_t(cublasHandle_t handle, const T* M, int64_t m, int64_t n, int64_t batch, T* G, int64_t ldg,
+              int64_t stride_g) {
   if (batch == 0) return Status{};
   if (!fits_int(m) || !fits_int(n) || !fits_int(batch) || !fits_int(ldg))
     return Status{"svs::cuda::gram (dimension exceeds int)", 0};
-  const double one = 1.0, zero = 0.0;
   const long long stride_m = static_cast<long long>(m) * n;
   if (m <= n) {
     // G = M M^T = Y^T Y  (m x m)
-    SVS_CUBLAS(cublasDgemmStridedBatched(handle, CUBLAS_OP_T, CUBLAS_OP_N, int(m), int(m), int(n),
-                                         &one, M, int(n), stride_m, M, int(n), stride_m, &zero, G,
-                                         int(ldg), stride_g, int(batch)));
+    SVS_CUBLAS(gemm_strided(handle, CUBLAS_OP_T, CUBLAS_OP_N, int(m), int(m), int(n), M, int(n), stride_m, M,
+                            int(n), stride_m, G, int(ldg), stride_g, int(batch)));
   } else {
     // G = M^T M = Y Y^T  (n x n)
-    SVS_CUBLAS(cublasDgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_T, int(n), int(n), int(m),
-                                         &one, M, int(n), stride_m, M, int(n), stride_m, &zero, G,
-                                         int(ldg), stride_g, int(batch)));
+    SVS_CUBLAS(gemm_strided(handle, CUBLAS_OP_N, CUBLAS_OP_T, int(n), int(n), int(m), M, int(n), stride_m, M,
+                            int(n), stride_m, G, int(ldg), stride_g, int(batch)));
   }
   return Status{};
 }
 
-Status gram_apply(cublasHandle_t handle, const double* M, int64_t m, int64_t n, int64_t batch,
-                  const double* Q, int64_t ldq, int64_t stride_q, double* P) {
+template <typename T>
+Status gram_apply_t(cublasHandle_t handle, const T* M, int64_t m, int64_t n, int64_t batch, const T* Q,
+                    int64_t ldq, int64_t stride_q, T* P) {
   if (batch == 0) return Status{};
   if (!fits_int(m) || !fits_int(n) || !fits_int(batch) || !fits_int(ldq))
     return Status{"svs::cuda::gram_apply (dimension exceeds int)", 0};
-  const double one = 1.0, zero = 0.0;
   const long long stride_m = static_cast<long long>(m) * n;
   if (m <= n) {
     // P = Q^T M (m x n row-major) = column-major P^T (n x m, ld n) = Y Q
-    SVS_CUBLAS(cublasDgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_N, int(n), int(m), int(m),
-                                         &one, M, int(n), stride_m, Q, int(ldq), stride_q, &zero,
-                                         P, int(n), stride_m, int(batch)));
+    SVS_CUBLAS(gemm_strided(handle, CUBLAS_OP_N, CUBLAS_OP_N, int(n), int(m), int(m), M, int(n), stride_m, Q,
+                            int(ldq), stride_q, P, int(n), stride_m, int(batch)));
   } else {
     // P = M Q (m x n row-major) = column-major P^T (n x m, ld n) = Q^T Y
-    SVS_CUBLAS(cublasDgemmStridedBatched(handle, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(m), int(n),
-                                         &one, Q, int(ldq), stride_q, M, int(n), stride_m, &zero,
-                                         P, int(n), stride_m, int(batch)));
+    SVS_CUBLAS(gemm_strided(handle, CUBLAS_OP_T, CUBLAS_OP_N, int(n), int(m), int(n), Q, int(ldq), stride_q, M,
+                            int(n), stride_m, P, int(n), stride_m, int(batch)));
   }
   return Status{};
 }
 
-// ---- batched eigensolver of one shape --------------------------------------------------------------
-Status eigh_batched_workspace(cusolverDnHandle_t handle, const double* A, int64_t n, const double* W,
-                              int64_t batch, size_t* device_bytes, size_t* host_bytes) {
+template <typename T>
+Status eigh_batched_workspace_t(cusolverDnHandle_t handle, const T* A, int64_t n, const T* W, int64_t batch,
+                                size_t* device_bytes, size_t* host_bytes) {
   DnParams params;
   SVS_CUSOLVER(cusolverDnCreateParams(&params.p));
-  SVS_CUSOLVER(cusolverDnXsyevBatched_bufferSize(
-      handle, params.p, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n, CUDA_R_64F, A, n,
-      CUDA_R_64F, W, CUDA_R_64F, device_bytes, host_bytes, batch));
+  SVS_CUSOLVER(cusolverDnXsyevBatched_bufferSize(handle, params.p, CUSOLVER_EIG_MODE_VECTOR,
+                                                 CUBLAS_FILL_MODE_LOWER, n, real_type(A), A, n, real_type(W), W,
+                                                 real_type(A), device_bytes, host_bytes, batch));
   return Status{};
 }
 
-Status eigh_batched(cusolverDnHandle_t handle, double* A, int64_t n, double* W, void* device_work,
-                    size_t device_bytes, void* host_work, size_t host_bytes, int* info,
-                    int64_t batch) {
+template <typename T>
+Status eigh_batched_t(cusolverDnHandle_t handle, T* A, int64_t n, T* W, void* device_work, size_t device_bytes,
+                      void* host_work, size_t host_bytes, int* info, int64_t batch) {
   if (batch == 0) return Status{};
   DnParams params;
   SVS_CUSOLVER(cusolverDnCreateParams(&params.p));
-  SVS_CUSOLVER(cusolverDnXsyevBatched(handle, params.p, CUSOLVER_EIG_MODE_VECTOR,
-                                      CUBLAS_FILL_MODE_LOWER, n, CUDA_R_64F, A, n, CUDA_R_64F, W,
-                                      CUDA_R_64F, device_work, device_bytes, host_work, host_bytes,
-                                      info, batch));
+  SVS_CUSOLVER(cusolverDnXsyevBatched(handle, params.p, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n,
+                                      real_type(A), A, n, real_type(W), W, real_type(A), device_work,
+                                      device_bytes, host_work, host_bytes, info, batch));
   return Status{};
 }
 
-// ---- one eigensolve --------------------------------------------------------------------------------
-Status eigh_workspace(cusolverDnHandle_t handle, const double* A, int64_t n, const double* W,
-                      size_t* device_bytes, size_t* host_bytes) {
+template <typename T>
+Status eigh_workspace_t(cusolverDnHandle_t handle, const T* A, int64_t n, const T* W, size_t* device_bytes,
+                        size_t* host_bytes) {
   DnParams params;
   SVS_CUSOLVER(cusolverDnCreateParams(&params.p));
-  SVS_CUSOLVER(cusolverDnXsyevd_bufferSize(handle, params.p, CUSOLVER_EIG_MODE_VECTOR,
-                                           CUBLAS_FILL_MODE_LOWER, n, CUDA_R_64F, A, n, CUDA_R_64F,
-                                           W, CUDA_R_64F, device_bytes, host_bytes));
+  SVS_CUSOLVER(cusolverDnXsyevd_bufferSize(handle, params.p, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n,
+                                           real_type(A), A, n, real_type(W), W, real_type(A), device_bytes,
+                                           host_bytes));
   return Status{};
 }
 
-Status eigh(cusolverDnHandle_t handle, double* A, int64_t n, double* W, void* device_work,
-            size_t device_bytes, void* host_work, size_t host_bytes, int* info) {
+template <typename T>
+Status eigh_t(cusolverDnHandle_t handle, T* A, int64_t n, T* W, void* device_work, size_t device_bytes,
+              void* host_work, size_t host_bytes, int* info) {
   DnParams params;
   SVS_CUSOLVER(cusolverDnCreateParams(&params.p));
-  SVS_CUSOLVER(cusolverDnXsyevd(handle, params.p, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER,
-                                n, CUDA_R_64F, A, n, CUDA_R_64F, W, CUDA_R_64F, device_work,
-                                device_bytes, host_work, host_bytes, info));
+  SVS_CUSOLVER(cusolverDnXsyevd(handle, params.p, CUSOLVER_EIG_MODE_VECTOR, CUBLAS_FILL_MODE_LOWER, n,
+                                real_type(A), A, n, real_type(W), W, real_type(A), device_work, device_bytes,
+                                host_work, host_bytes, info));
   return Status{};
 }
+
+}  // namespace
+
+// The float64 and float32 overloads of svs_cuda.h.
+#define SVS_GRAM_ROUTE_OVERLOADS(T)                                                                         \
+  Status small_eigh_workspace(cusolverDnHandle_t h, const T* A, const T* W, int batch, int* lwork) {        \
+    return small_eigh_workspace_t(h, A, W, batch, lwork);                                                  \
+  }                                                                                                         \
+  Status small_eigh(cusolverDnHandle_t h, T* A, T* W, T* work, int lwork, int* info, int batch) {           \
+    return small_eigh_t(h, A, W, work, lwork, info, batch);                                                \
+  }                                                                                                         \
+  Status gram(cublasHandle_t h, const T* M, int64_t m, int64_t n, int64_t batch, T* G, int64_t ldg,         \
+              int64_t stride_g) {                                                                           \
+    return gram_t(h, M, m, n, batch, G, ldg, stride_g);                                                    \
+  }                                                                                                         \
+  Status gram_apply(cublasHandle_t h, const T* M, int64_t m, int64_t n, int64_t batch, const T* Q,          \
+                    int64_t ldq, int64_t stride_q, T* P) {                                                  \
+    return gram_apply_t(h, M, m, n, batch, Q, ldq, stride_q, P);                                           \
+  }                                                                                                         \
+  Status eigh_batched_workspace(cusolverDnHandle_t h, const T* A, int64_t n, const T* W, int64_t batch,     \
+                                size_t* device_bytes, size_t* host_bytes) {                                 \
+    return eigh_batched_workspace_t(h, A, n, W, batch, device_bytes, host_bytes);                          \
+  }                                                                                                         \
+  Status eigh_batched(cusolverDnHandle_t h, T* A, int64_t n, T* W, void* device_work, size_t device_bytes,   \
+                      void* host_work, size_t host_bytes, int* info, int64_t batch) {                       \
+    return eigh_batched_t(h, A, n, W, device_work, device_bytes, host_work, host_bytes, info, batch);      \
+  }                                                                                                         \
+  Status eigh_workspace(cusolverDnHandle_t h, const T* A, int64_t n, const T* W, size_t* device_bytes,      \
+                        size_t* host_bytes) {                                                               \
+    return eigh_workspace_t(h, A, n, W, device_bytes, host_bytes);                                         \
+  }                                                                                                         \
+  Status eigh(cusolverDnHandle_t h, T* A, int64_t n, T* W, void* device_work, size_t device_bytes,          \
+              void* host_work, size_t host_bytes, int* info) {                                              \
+    return eigh_t(h, A, n, W, device_work, device_bytes, host_work, host_bytes, info);                     \
+  }
+SVS_GRAM_ROUTE_OVERLOADS(double)
+SVS_GRAM_ROUTE_OVERLOADS(float)
+#undef SVS_GRAM_ROUTE_OVERLOADS
 
 // ---- one thin SVD ----------------------------------------------------------------------------------
 Status jacobi_svd_workspace(cusolverDnHandle_t handle, const double* X, int rows, int cols,

@@ -6,7 +6,8 @@
 // Layout conventions (cuSOLVER/cuBLAS are column-major, torch tensors row-major):
 //   a row-major (r x c) buffer read column-major is its transpose (c x r). "Row-major M (m x n)"
 //   below is a contiguous matrix at M + b * m * n for the b-th matrix of a batch.
-// All decompositions run in float64 (see the compute-precision note in planner.h).
+// The decompositions run in float64, except the float32 Gram routes of bf16/fp16 weights (the
+// float overloads below; see the compute-precision note in planner.h).
 #pragma once
 
 #include <cublas_v2.h>
@@ -32,19 +33,20 @@ constexpr int kSmallDim = 32;
 
 enum SourceType : int32_t { kSourceF32 = 0, kSourceF64 = 1, kSourceF16 = 2, kSourceBF16 = 3 };
 
-// Copies source (rows x cols, any strides, any float dtype) into a float64 destination region of
-// dst_rows x dst_cols elements (>= rows x cols), writing zeros outside rows x cols.
-// element (r, c) of the source goes to dst[r * dst_stride_r + c * dst_stride_c].
+// Copies source (rows x cols, any strides, any float dtype) into a float64 (dst_f32 == 0) or
+// float32 (dst_f32 == 1) destination region of dst_rows x dst_cols elements (>= rows x cols),
+// writing zeros outside rows x cols. Element (r, c) of the source goes to
+// dst[r * dst_stride_r + c * dst_stride_c].
 struct PackDesc {
   const void* src;
-  double* dst;
+  void* dst;
   int64_t src_stride_r, src_stride_c;
   int64_t dst_stride_r, dst_stride_c;
   int64_t rows, cols;
   int64_t dst_rows, dst_cols;
   int64_t begin;  // exclusive prefix sum of dst_rows * dst_cols over the descriptor list
   int32_t src_type;  // SourceType
-  int32_t unused = 0;
+  int32_t dst_f32 = 0;
 };
 
 // Rank threshold of one matrix's spectrum (k values at `values`, stride 1), in place.
@@ -64,14 +66,14 @@ struct SegmentDesc {
 };
 
 // Multiplies row r (by_row = 1) or column c (by_row = 0) of the row-major (rows x cols) matrix p
-// by scale[r] / scale[c].
+// (float64, or float32 when p_f32 == 1) by scale[r] / scale[c].
 struct ScaleDesc {
-  double* p;
+  void* p;
   const double* scale;
   int64_t rows, cols;
   int64_t begin;  // exclusive prefix sum of rows * cols
   int32_t by_row;
-  int32_t unused = 0;
+  int32_t p_f32 = 0;
 };
 
 // The bias rule of svs::scale_bias (refine.h): dst = b / sqrt(||b||_2 + eps), computed in float64,
@@ -107,8 +109,13 @@ Status small_eigh_workspace(cusolverDnHandle_t handle, const double* A, const do
                             int* lwork);
 Status small_eigh(cusolverDnHandle_t handle, double* A, double* W, double* work, int lwork,
                   int* info, int batch);
+Status small_eigh_workspace(cusolverDnHandle_t handle, const float* A, const float* W, int batch,
+                            int* lwork);
+Status small_eigh(cusolverDnHandle_t handle, float* A, float* W, float* work, int lwork, int* info,
+                  int batch);
 
-// ---- Gram route helpers (cuBLAS DGEMM, FP64 tensor cores on sm_90) ----
+// ---- Gram route helpers (cuBLAS DGEMM, FP64 tensor cores on sm_90; SGEMM for float, in the
+// handle's default math mode: full float32, no TF32) ----
 // k = min(m, n). G_b (k x k, column-major, leading dimension ldg, at G + b * stride_g) =
 // M_b M_b^T if m <= n ("wide") else M_b^T M_b, for the row-major M_b (m x n) at M + b * m * n.
 Status gram(cublasHandle_t handle, const double* M, int64_t m, int64_t n, int64_t batch,
@@ -118,6 +125,10 @@ Status gram(cublasHandle_t handle, const double* M, int64_t m, int64_t n, int64_
 // Either way P_b has m * n elements and sits at P + b * m * n.
 Status gram_apply(cublasHandle_t handle, const double* M, int64_t m, int64_t n, int64_t batch,
                   const double* Q, int64_t ldq, int64_t stride_q, double* P);
+Status gram(cublasHandle_t handle, const float* M, int64_t m, int64_t n, int64_t batch, float* G,
+            int64_t ldg, int64_t stride_g);
+Status gram_apply(cublasHandle_t handle, const float* M, int64_t m, int64_t n, int64_t batch,
+                  const float* Q, int64_t ldq, int64_t stride_q, float* P);
 
 // ---- batched symmetric eigensolver for one shape (cusolverDnXsyevBatched, any n) ----
 // A (batch x n x n, lda = n) overwritten by eigenvectors, W (batch x n) ascending, info (batch).
@@ -127,11 +138,20 @@ Status eigh_batched_workspace(cusolverDnHandle_t handle, const double* A, int64_
 Status eigh_batched(cusolverDnHandle_t handle, double* A, int64_t n, double* W, void* device_work,
                     size_t device_bytes, void* host_work, size_t host_bytes, int* info,
                     int64_t batch);
+Status eigh_batched_workspace(cusolverDnHandle_t handle, const float* A, int64_t n, const float* W,
+                              int64_t batch, size_t* device_bytes, size_t* host_bytes);
+Status eigh_batched(cusolverDnHandle_t handle, float* A, int64_t n, float* W, void* device_work,
+                    size_t device_bytes, void* host_work, size_t host_bytes, int* info,
+                    int64_t batch);
 
 // ---- one symmetric eigensolve (cusolverDnXsyevd), for Gram matrices too large to batch ----
 Status eigh_workspace(cusolverDnHandle_t handle, const double* A, int64_t n, const double* W,
                       size_t* device_bytes, size_t* host_bytes);
 Status eigh(cusolverDnHandle_t handle, double* A, int64_t n, double* W, void* device_work,
+            size_t device_bytes, void* host_work, size_t host_bytes, int* info);
+Status eigh_workspace(cusolverDnHandle_t handle, const float* A, int64_t n, const float* W,
+                      size_t* device_bytes, size_t* host_bytes);
+Status eigh(cusolverDnHandle_t handle, float* A, int64_t n, float* W, void* device_work,
             size_t device_bytes, void* host_work, size_t host_bytes, int* info);
 
 // ---- one thin SVD of a tall column-major X (rows >= cols, leading dimension rows) ----

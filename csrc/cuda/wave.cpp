@@ -4,6 +4,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <tuple>
 #include <utility>
 
 namespace svs {
@@ -14,17 +15,20 @@ void check(const Status& st, const char* while_doing) {
               while_doing);
 }
 
-int64_t workspace_bytes(const Mat& a, Route route) {
+int64_t workspace_bytes(const Mat& a, RouteCode route) {
   constexpr int64_t DD = int64_t{kSmallDim} * kSmallDim;
-  if (route == Route::Small) return 8 * (3 * DD + kSmallDim) + 4 * (2 * DD + kSmallDim);
+  if (route == kRouteCudaSmall) return 8 * (3 * DD + kSmallDim) + 4 * (2 * DD + kSmallDim);
   const int64_t mn = a.m * a.n, kk = a.k() * a.k();
-  return 8 * (3 * mn + 2 * kk + 2 * a.k()) + 4 * (mn + kk + a.k());
+  const int64_t float64 = 8 * (3 * mn + 2 * kk + 2 * a.k()) + 4 * (mn + kk + a.k());
+  if (!is_float32_route(route)) return float64;
+  // float32 M, G, W, P and float64 S, I; plus the float64 route, should the matrix be redone
+  return 4 * (2 * mn + kk + a.k()) + 8 * 2 * a.k() + float64;
 }
 
 cudaStream_t Wave::stream() const { return c10::cuda::getCurrentCUDAStream(device_.index()).stream(); }
 
-int Wave::add_buffer(int64_t numel, bool zero) {
-  const auto opts = at::TensorOptions().dtype(at::kDouble).device(device_);
+int Wave::add_buffer(int64_t numel, bool zero, at::ScalarType dtype) {
+  const auto opts = at::TensorOptions().dtype(dtype).device(device_);
   const int64_t size = std::max<int64_t>(numel, 1);
   buffers_.push_back(zero ? at::zeros({size}, opts) : at::empty({size}, opts));
   return static_cast<int>(buffers_.size()) - 1;
@@ -53,6 +57,7 @@ void Wave::pack(const std::vector<int>& ids, const std::vector<PackTarget>& targ
     d.dst_rows = t.dst_rows;
     d.dst_cols = t.dst_cols;
     d.src_type = a.src_type;
+    d.dst_f32 = t.f32 ? 1 : 0;
     d.begin = total;
     total += t.dst_rows * t.dst_cols;
     desc.push_back(d);
@@ -60,7 +65,7 @@ void Wave::pack(const std::vector<int>& ids, const std::vector<PackTarget>& targ
   at::Tensor dev = upload(desc, device_);
   keep_alive_.push_back(dev);
   check(cuda::pack(device_ptr<PackDesc>(dev), static_cast<int64_t>(desc.size()), total, stream()),
-        "packing the weights into float64 scratch");
+        "packing the weights into scratch");
 }
 
 void Wave::threshold(std::vector<SegmentDesc>& segments) {
@@ -72,7 +77,7 @@ void Wave::threshold(std::vector<SegmentDesc>& segments) {
         "thresholding the spectra");
 }
 
-void Wave::set_svd_factors(int id, Route route, View u, View s, View vh) {
+void Wave::set_svd_factors(int id, RouteCode route, View u, View s, View vh) {
   Factors& f = factors_[id];
   f.route = route;
   f.ascending = false;
@@ -107,7 +112,9 @@ void Wave::scale_by_inverse_sigma(const std::vector<int>& ids, int products,
   for (size_t b = 0; b < ids.size(); ++b) {
     const Mat& a = mat(ids[b]);
     ScaleDesc d{};
-    d.p = ptr(products) + moff[b];
+    const bool f32 = buffers_[products].scalar_type() == at::kFloat;
+    d.p = f32 ? static_cast<void*>(data<float>(products) + moff[b]) : static_cast<void*>(ptr(products) + moff[b]);
+    d.p_f32 = f32 ? 1 : 0;
     d.scale = ptr(inv) + inv_off[b];
     d.rows = a.m;
     d.cols = a.n;
@@ -122,13 +129,16 @@ void Wave::scale_by_inverse_sigma(const std::vector<int>& ids, int products,
         "scaling by the inverse singular values");
 }
 
-void Wave::run_route(Route route, const std::vector<int>& ids, int* info, int* ill) {
+void Wave::run_route(RouteCode route, const std::vector<int>& ids, int* info, int* ill) {
   switch (route) {
-    case Route::Small: return run_small(ids, info);
-    case Route::GramPadded: return run_gram(ids, info, ill, /*padded=*/true);
-    case Route::Gram: return run_gram(ids, info, ill, /*padded=*/false);
-    case Route::Jacobi: return run_per_matrix_svd(ids, info, /*exact=*/false);
-    case Route::Exact: return run_per_matrix_svd(ids, info, /*exact=*/true);
+    case kRouteCudaSmall: return run_small(ids, info);
+    case kRouteCudaGramPadded: return run_gram<double>(ids, info, ill, /*padded=*/true);
+    case kRouteCudaGram: return run_gram<double>(ids, info, ill, /*padded=*/false);
+    case kRouteCudaGramPadded32: return run_gram<float>(ids, info, ill, /*padded=*/true);
+    case kRouteCudaGram32: return run_gram<float>(ids, info, ill, /*padded=*/false);
+    case kRouteCudaJacobi: return run_per_matrix_svd(ids, info, /*exact=*/false);
+    case kRouteCudaExact: return run_per_matrix_svd(ids, info, /*exact=*/true);
+    default: TORCH_CHECK(false, "svs.refine (CUDA): internal error: ", kRouteNames[route], " is not a planned route");
   }
 }
 
@@ -163,41 +173,26 @@ void Wave::materialise(std::vector<at::Tensor>& u, std::vector<at::Tensor>& s,
 using ReconstructFn = void(at::TensorList, at::TensorList, at::TensorList, at::TensorList, int64_t,
                            double);
 
-namespace {
-
-int8_t route_code(Route route) {
-  switch (route) {
-    case Route::Small: return kRouteCudaSmall;
-    case Route::GramPadded: return kRouteCudaGramPadded;
-    case Route::Gram: return kRouteCudaGram;
-    case Route::Jacobi: return kRouteCudaJacobi;
-    case Route::Exact: return kRouteCudaExact;
-  }
-  return kRouteCudaExact;
-}
-
-}  // namespace
-
 void Wave::export_spectra(Spectra& spectra) {
   for (size_t i = 0; i < mats_.size(); ++i) {
     const Factors& f = factors_[i];
     const at::Tensor s = buffers_[f.s.buffer].as_strided(f.s.sizes, f.s.strides, f.s.offset);
     spectra.values[mats_[i]->index] = f.ascending ? s.flip(0) : s.clone();
-    spectra.routes[mats_[i]->index] = route_code(f.route);
+    spectra.routes[mats_[i]->index] = f.route;
   }
 }
 
-void Wave::run(const std::string& map, std::vector<at::Tensor>& outputs, Spectra* spectra) {
+void Wave::run(std::vector<at::Tensor>& outputs, Spectra* spectra) {
   const int count = static_cast<int>(mats_.size());
-  std::map<Route, std::vector<int>> pending;
-  for (int i = 0; i < count; ++i) pending[plan_route(mat(i).m, mat(i).n, method_)].push_back(i);
+  std::map<RouteCode, std::vector<int>> pending;
+  for (int i = 0; i < count; ++i) pending[plan_route(mat(i).m, mat(i).n, method_, mat(i).float32)].push_back(i);
 
   while (!pending.empty()) {
-    std::vector<std::pair<Route, std::vector<int>>> batches;
+    std::vector<std::pair<RouteCode, std::vector<int>>> batches;
     int64_t total = 0;
     for (auto& [route, ids] : pending) {
       std::stable_sort(ids.begin(), ids.end(), [&](int x, int y) {
-        return std::make_pair(mat(x).m, mat(x).n) < std::make_pair(mat(y).m, mat(y).n);
+        return std::make_tuple(mat(x).m, mat(x).n, mat(x).dtype) < std::make_tuple(mat(y).m, mat(y).n, mat(y).dtype);
       });
       total += static_cast<int64_t>(ids.size());
       batches.emplace_back(route, ids);
@@ -211,21 +206,28 @@ void Wave::run(const std::string& map, std::vector<at::Tensor>& outputs, Spectra
     }
     const at::Tensor host = status.cpu();  // the host sync of this phase (one D2H copy)
     const int* h = host.data_ptr<int>();
-    std::map<Route, std::vector<int>> next;
+    std::map<RouteCode, std::vector<int>> next;
     pos = 0;
     for (const auto& [route, ids] : batches) {
       for (int i : ids) {
         const int info = h[pos], ill = h[total + pos];
         ++pos;
-        TORCH_CHECK(info >= 0, "svs.refine (CUDA): internal error: ", route_name(route),
+        TORCH_CHECK(info >= 0, "svs.refine (CUDA): internal error: route ", kRouteNames[route],
                     " reported info ", info, " (invalid argument) for weights[", mat(i).index,
                     "] of shape (", mat(i).m, ", ", mat(i).n, ")");
-        TORCH_CHECK(info == 0 || route != Route::Exact, "svs.refine (CUDA): the SVD of weights[",
+        TORCH_CHECK(info == 0 || route != kRouteCudaExact, "svs.refine (CUDA): the SVD of weights[",
                     mat(i).index, "] (", mat(i).m, "x", mat(i).n, ") did not converge (gesvd info ",
                     info, ")");
+        if (info == 0 && ill == 0) continue;
+        // A float32 Gram route: not converged, or over the output's error budget: the float64
+        // Gram route, as without the float32 plan.
+        if (is_float32_route(route)) {
+          next[float64_form(route)].push_back(i);
+          continue;
+        }
         // Not converged, or outside the Gram route's accuracy range: the exact SVD. (Not gesvdj:
         // Jacobi may not converge on large ill-conditioned matrices either, and is slower there.)
-        if (info > 0 || ill != 0) next[Route::Exact].push_back(i);
+        next[kRouteCudaExact].push_back(i);
       }
     }
     pending = std::move(next);
@@ -239,8 +241,7 @@ void Wave::run(const std::string& map, std::vector<at::Tensor>& outputs, Spectra
   static auto reconstruct = c10::Dispatcher::singleton()
                                 .findSchemaOrThrow("svs::_reconstruct", "")
                                 .typed<ReconstructFn>();
-  const SigmaMap parsed = parse_map(map);
-  reconstruct.call(u, s, vh, out, static_cast<int64_t>(parsed.kind), parsed.power);
+  reconstruct.call(u, s, vh, out, static_cast<int64_t>(map_.kind), map_.power);
 }
 
 }  // namespace cuda

@@ -15,30 +15,13 @@ MAPS: Tuple[str, ...] = tuple(torch.ops.svs._map_names())
 
 
 def check_args(weights, biases, map, eps) -> Tuple[List[torch.Tensor], List[Optional[torch.Tensor]]]:
-    """``(weights, biases)`` as lists, after the checks that make argument mistakes a
-    ``TypeError`` / ``ValueError`` saying what was expected (the operator itself raises
-    ``RuntimeError``). NaN/Inf and an unknown ``method`` (a ``ValueError`` naming the device's
-    methods) are left to the operator."""
+    """``(weights, biases)`` as lists, after the checks the operator cannot make: Python objects
+    that are not lists of tensors (``TypeError``), and ``map`` / ``eps`` as Python values
+    (``ValueError``, naming every map). The tensors themselves (count, dtype, shape, device,
+    NaN/Inf) and ``method`` are checked by the operator (csrc/refine_common.cpp ``check_inputs``),
+    which raises ``TypeError`` / ``ValueError`` itself, ``RuntimeError`` for NaN/Inf."""
     weights = _tensor_list(weights, "weights", none_ok=False)
     biases = [None] * len(weights) if biases is None else _tensor_list(biases, "biases", none_ok=True)
-    if not weights:
-        raise ValueError("weights is empty; pass a list of one or more tensors")
-    if len(biases) != len(weights):
-        raise ValueError(f"got {len(weights)} weights but {len(biases)} biases; pass one bias (or None) per weight")
-    for i, (w, b) in enumerate(zip(weights, biases)):
-        if w.ndim < 2:
-            raise ValueError(f"weights[{i}] has shape {list(w.shape)}; SVS needs ndim >= 2 (flattened to (shape[0], -1))")
-        for t, what in ((w, "weights"), (b, "biases")):
-            if t is None:
-                continue
-            if not t.is_floating_point():
-                raise TypeError(f"{what}[{i}] has dtype {t.dtype}; expected float16, bfloat16, float32 or float64")
-            if t.numel() == 0:
-                raise ValueError(f"{what}[{i}] is empty (shape {list(t.shape)})")
-            if t.device != weights[0].device:
-                raise ValueError(f"{what}[{i}] is on {t.device} but weights[0] is on {weights[0].device}; use one device")
-        if b is not None and tuple(b.shape) != (w.shape[0],):
-            raise ValueError(f"biases[{i}] has shape {list(b.shape)}; expected [{w.shape[0]}] (weights[{i}].shape[0])")
     if not _is_map(map):
         raise ValueError(f"unknown map {map!r}; expected one of {', '.join(MAPS)} (e.g. power:0.25)")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
@@ -52,7 +35,7 @@ def _is_map(map) -> bool:
         return False
     try:
         torch.ops.svs._parse_map(map)
-    except RuntimeError:
+    except ValueError:
         return False
     return True
 
@@ -107,8 +90,8 @@ def refine(
         require grad (SVS is not differentiable here), whatever ``requires_grad`` the inputs have.
 
     Raises:
-        TypeError, ValueError: wrong arguments (see :func:`check_args`).
-        ValueError: also a ``method`` the device lacks (raised by the operator).
+        TypeError, ValueError: wrong arguments, a ``method`` the device lacks (:func:`check_args`
+            and the operator's own checks).
         RuntimeError: NaN/Inf in an input, a solver failure, a result past the dtype's range
             (e.g. ``square`` of large float16 weights), a result that fails its certificate
             (a bug of this library; CPU).
@@ -166,7 +149,7 @@ def refine_(
     certify: bool = DEFAULT_CERTIFY,
 ) -> None:
     """In-place :func:`refine`, all or nothing: every result is computed and certified before
-    the first write, so on any error (``RuntimeError`` naming the weight) no tensor is changed.
+    the first write, so on any error (one naming the weight) no tensor is changed.
     It needs one copy of the weights in extra memory. As for torch's own in-place
     ops, a tensor that requires grad is refused while grad mode is on; under ``torch.no_grad()``
     (as optimizers update parameters) it is changed in place and autograd does not see it.

@@ -16,9 +16,9 @@ IDENTITY = CODES["identity"]  # the largest code
 
 
 def parse_map(name: str) -> Tuple[int, float]:
-    """(map code, power) for a map name; raises RuntimeError with the C++ operator's message."""
+    """(map code, power) for a map name; raises ValueError with the C++ operator's message."""
     try:
         code, power = torch.ops.svs._parse_map(name if isinstance(name, str) else repr(name))
-    except RuntimeError as e:
-        raise RuntimeError(str(e).splitlines()[0]) from None
+    except ValueError as e:
+        raise ValueError(str(e).splitlines()[0]) from None
     return int(code), float(power)

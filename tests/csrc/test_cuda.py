@@ -5,7 +5,8 @@ in the build; the last two tests run everywhere.
 
 Tolerances: relative Frobenius error of each output against the float64 reference computed from
 the same input values.
-- The CUDA kernel decomposes in float64 on every route and hands float32 factors (float64 for
+- The CUDA kernel decomposes in float64 on every route (but for bf16/fp16 weights under "auto",
+  whose Gram routes try float32 first: test_float32_plan_*) and hands float32 factors (float64 for
   float64 inputs) to svs._reconstruct, which multiplies them in float32 (the Triton kernel's
   default 3xTF32 is estimated at 1-3e-6 relative, the composite fallback is IEEE float32).
 - float32 out: 1e-5. Rounding the orthonormal factors and f(s) to float32 perturbs every rank-1
@@ -237,6 +238,103 @@ def test_large_ill_conditioned_matrix_is_redone_exactly():
     w = torch.from_numpy(with_spectrum(600, 900, 1e7, 1.0, 8)).float()
     (out,), _ = refine(on_device([w]), method="auto")
     check_against_cpu(w, out.cpu())
+
+
+# ---- the float32 plan of bf16/fp16 weights (csrc/precision.h, csrc/cuda/planner.h) ----------------
+# The budget (precision.h's kFloat32Budget): a float32 decomposition adds at most 1/8 of the output's
+# unit roundoff.
+FLOAT32_BUDGET = 1 / 8
+# (shape, float64 Gram route): k > 32 (per-shape Gram) and k <= 32 < long side (padded), wide and tall.
+GRAM_SHAPES = [((64, 256), "cuda:gram"), ((256, 64), "cuda:gram"), ((16, 200), "cuda:gram-padded"),
+               ((200, 16), "cuda:gram-padded")]
+
+
+def relative_error(out: torch.Tensor, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(out.detach().cpu().double().numpy() - ref) / np.linalg.norm(ref))
+
+
+def float32_switch(shape, dtype, seed) -> float:
+    """The condition number where the CPU kernel stops keeping its float32 Gram result
+    (aten:gram32) for with_spectrum(*shape, kappa, 1.0, seed) in `dtype`: bisection on log10 kappa.
+    The CPU and CUDA kernels decide with the same gram32_within_budget, each on its own float32
+    Gram eigenvalues; those differ by float32 rounding only, far less than the factor 2 in kappa
+    (2^1.5 in the bound, 4 in the smallest eigenvalue against its floor) that the tests keep from
+    the switch."""
+    def kept(log_kappa: float) -> bool:
+        w = torch.from_numpy(with_spectrum(*shape, 10.0**log_kappa, 1.0, seed)).to(dtype)
+        *_, routes = svs.refine_with_spectra([w])
+        return routes[0] == "aten:gram32"
+
+    lo, hi = 0.0, 8.0
+    assert kept(lo) and not kept(hi)
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if kept(mid) else (lo, mid)
+    return 10.0**lo
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape,route", GRAM_SHAPES, ids=lambda v: f"{v[0]}x{v[1]}" if isinstance(v, tuple) else v)
+def test_float32_plan_switches_at_the_bound(shape, route, dtype):
+    """A bf16/fp16 weight at half the switch's condition number keeps its float32 Gram result
+    (route + "32"); at twice the switch it is redone by the float64 route in the same call. Either
+    result is within the float32 budget of the float64 route's own result (method="gram", no float32
+    plan): error against the float64 reference <= that route's error + FLOAT32_BUDGET * u (the
+    float32 decomposition's share; both results share the output rounding and the reconstruction's
+    TF32 error, which the float64 route's error already contains)."""
+    seed = 20261206
+    switch = float32_switch(shape, dtype, seed)
+    ws = [torch.from_numpy(with_spectrum(*shape, kappa, 1.0, seed)).to(dtype) for kappa in (switch / 2, switch * 2)]
+    new_w, _, _, routes = svs.refine_with_spectra(on_device(ws))
+    assert routes == [route + "32", route], (switch, routes)
+    exact_w, _, _, exact_routes = svs.refine_with_spectra(on_device(ws), method="gram")
+    assert exact_routes == [route, route]
+    u = torch.finfo(dtype).eps / 2
+    for w, nw, ew in zip(ws, new_w, exact_w):
+        assert nw.dtype == dtype and nw.shape == w.shape
+        ref = reference_refine(w)
+        assert relative_error(nw, ref) <= relative_error(ew, ref) + FLOAT32_BUDGET * u
+        assert_matches(nw.cpu(), ref, CUDA_TOL[dtype])
+
+
+@requires_cuda
+@pytest.mark.parametrize("shape,route", GRAM_SHAPES, ids=lambda v: f"{v[0]}x{v[1]}" if isinstance(v, tuple) else v)
+def test_float32_plan_only_for_half_outputs_under_auto(shape, route):
+    """float32 and float64 weights keep the float64 routes, and so does an explicit method="gram"
+    for bf16/fp16 (as on the CPU): at a condition number where a bf16 weight takes the float32 route."""
+    seed = 20261207
+    kappa = float32_switch(shape, torch.bfloat16, seed) / 2
+    w = torch.from_numpy(with_spectrum(*shape, kappa, 1.0, seed))
+    for dtype, method, expected in [(torch.bfloat16, "auto", route + "32"), (torch.float16, "gram", route),
+                                    (torch.bfloat16, "gram", route), (torch.float32, "auto", route),
+                                    (torch.float64, "auto", route)]:
+        x = w.to(dtype)
+        (out,), _, _, routes = svs.refine_with_spectra(on_device([x]), method=method)
+        assert routes == [expected], (dtype, method)
+        assert_matches(out.cpu(), reference_refine(x), CUDA_TOL[dtype])
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(40, 100), (100, 40), (12, 90), (90, 12)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_float32_plan_rank_deficient_and_tiny_inputs_take_float64(shape, dtype, rng):
+    """An exactly rank-deficient bf16/fp16 weight (rows that copy others with power-of-two scales,
+    exact in any dtype) has Gram eigenvalues under the float32 floor (precision.h): it is redone in
+    float64 (Gram, or gesvd outside the Gram route's accuracy range), never kept in float32, and
+    keeps its rank; a 1 x n weight takes the small route (no float32 form)."""
+    m, n = shape
+    r, short, long = 5, min(m, n), max(m, n)
+    base = torch.from_numpy(rng.standard_normal((r, long))).to(dtype).double()
+    a = torch.stack([base[i % r] * (-2.0) ** (i % 3) for i in range(short)])  # short x long, rank r
+    w = (a if m <= n else a.T).contiguous().to(dtype)
+    assert torch.equal(w.double(), a if m <= n else a.T)
+    tiny = torch.from_numpy(rng.standard_normal((1, 17))).to(dtype)
+    new_w, _, spectra, routes = svs.refine_with_spectra(on_device([w, tiny]))
+    assert not routes[0].endswith("32") and routes[1] == "cuda:small", routes
+    assert (spectra[0][r:] == 0).all() and (spectra[0][:r] > 0).all()
+    for x, out in zip([w, tiny], new_w):
+        assert_matches(out.cpu(), reference_refine(x), CUDA_TOL[dtype])
 
 
 # ---- rank, layout, biases -------------------------------------------------------------------------

@@ -246,26 +246,26 @@ def test_compiles_with_torch_compile():
     assert_matches(nw, reference_refine(w))
 
 
-BAD_INPUTS = [
-    (lambda: ([torch.tensor([[1.0, float("nan")], [0.0, 1.0]])], [None]), r"weights\[0\].*NaN or Inf"),
-    (lambda: ([torch.ones(3, 3), torch.tensor([[float("inf")]])], [None, None]), r"weights\[1\].*NaN or Inf"),
-    (lambda: ([torch.ones(3, 3)], [torch.tensor([1.0, float("nan"), 0.0])]), r"biases\[0\].*NaN or Inf"),
-    (lambda: ([], []), "weights list is empty"),
-    (lambda: ([torch.ones(3)], [None]), r"weights\[0\].*ndim >= 2"),
-    (lambda: ([torch.ones(3, 3)], [torch.ones(4)]), r"biases\[0\] has shape \[4\]"),
-    (lambda: ([torch.ones(3, 3)], [None, None]), "1 weights but 2 biases"),
-    (lambda: ([torch.ones(3, 3, dtype=torch.int32)], [None]), "dtype"),
-    (lambda: ([torch.ones(0, 3)], [None]), "empty"),
+BAD_INPUTS = [  # (make, exception, message): TypeError / ValueError for wrong arguments, RuntimeError for NaN/Inf
+    (lambda: ([torch.tensor([[1.0, float("nan")], [0.0, 1.0]])], [None]), RuntimeError, r"weights\[0\].*NaN or Inf"),
+    (lambda: ([torch.ones(3, 3), torch.tensor([[float("inf")]])], [None, None]), RuntimeError, r"weights\[1\].*NaN or Inf"),
+    (lambda: ([torch.ones(3, 3)], [torch.tensor([1.0, float("nan"), 0.0])]), RuntimeError, r"biases\[0\].*NaN or Inf"),
+    (lambda: ([], []), ValueError, "weights is empty"),
+    (lambda: ([torch.ones(3)], [None]), ValueError, r"weights\[0\].*ndim >= 2"),
+    (lambda: ([torch.ones(3, 3)], [torch.ones(4)]), ValueError, r"biases\[0\] has shape \[4\]"),
+    (lambda: ([torch.ones(3, 3)], [None, None]), ValueError, "1 weights but 2 biases"),
+    (lambda: ([torch.ones(3, 3, dtype=torch.int32)], [None]), TypeError, "dtype"),
+    (lambda: ([torch.ones(0, 3)], [None]), ValueError, "empty"),
 ]
 
 
-@pytest.mark.parametrize("make,match", BAD_INPUTS)
-def test_bad_input_raises_and_changes_nothing(make, match):
+@pytest.mark.parametrize("make,exc,match", BAD_INPUTS)
+def test_bad_input_raises_and_changes_nothing(make, exc, match):
     ws, bs = make()
     before = [t.clone() for t in ws + [b for b in bs if b is not None]]
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises(exc, match=match):
         torch.ops.svs.refine(ws, bs)
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises(exc, match=match):
         torch.ops.svs.refine_(ws, bs)
     for a, e in zip(ws + [b for b in bs if b is not None], before):
         assert torch.equal(a.nan_to_num(), e.nan_to_num())
@@ -274,9 +274,9 @@ def test_bad_input_raises_and_changes_nothing(make, match):
 @pytest.mark.parametrize("map,match", [("cube", "unknown map 'cube'"), ("power:x", "finite number"), ("power:inf", "finite number")])
 def test_bad_map(map, match):
     w = torch.randn(4, 4)
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises(ValueError, match=match):
         torch.ops.svs.refine([w], [None], map)
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises(ValueError, match=match):
         torch.ops.svs.refine_([w], [None], map)
 
 
@@ -294,7 +294,7 @@ def test_aten_method_is_the_cpu_route(rng):
 def test_bad_method_and_eps():
     with pytest.raises(ValueError, match="method 'jacobi' is not available on CPU"):
         refine([torch.randn(4, 4)], method="jacobi")
-    with pytest.raises(RuntimeError, match="eps must be finite and > 0"):
+    with pytest.raises(ValueError, match="eps must be finite and > 0"):
         torch.ops.svs.refine([torch.randn(4, 4)], [None], "sqrt", 0.0, "auto")
 
 

@@ -110,10 +110,10 @@ def test_parse_map(name, expected):
         assert out.item() == pytest.approx(2.0**power, rel=1e-15)
         return
     for parse in (torch.ops.svs._parse_map, parse_map):
-        with pytest.raises(RuntimeError) as err:
+        with pytest.raises(ValueError) as err:
             parse(name)
         assert str(err.value).startswith(expected)
-    with pytest.raises(RuntimeError, match="^" + re.escape(expected)):
+    with pytest.raises(ValueError, match="^" + re.escape(expected)):
         torch.ops.svs.refine([w], [None], name, 1e-8, "svd")
     with pytest.raises(ValueError, match=f"unknown map {re.escape(repr(name))}; expected one of sqrt, log1p"):
         svs.refine([w], map=name)

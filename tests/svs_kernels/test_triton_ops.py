@@ -208,11 +208,11 @@ def test_parse_map_matches_cpp(name):
     cpp_err = py_err = None
     try:
         (new,), _ = torch.ops.svs.refine([w], [None], name, 1e-8, "svd")
-    except RuntimeError as e:
+    except ValueError as e:
         cpp_err = str(e).splitlines()[0]
     try:
         code, p = parse_map(name)
-    except RuntimeError as e:
+    except ValueError as e:
         py_err = str(e)
     assert py_err == cpp_err
     if py_err is None:
@@ -380,7 +380,7 @@ def test_reconstruct_errors():
     o = torch.empty(3, 4, device=DEVICE)
     with pytest.raises(RuntimeError, match="same length"):
         R.reconstruct([a], [s], [b], [o, o])
-    with pytest.raises(RuntimeError, match="unknown map 'cube'"):
+    with pytest.raises(ValueError, match="unknown map 'cube'"):
         R.reconstruct([a], [s], [b], [o], "cube")
     with pytest.raises(RuntimeError, match="do not fit"):
         R.reconstruct([a], [s], [b], [torch.empty(4, 3, device=DEVICE)])

@@ -28,8 +28,8 @@ namespace cuda {
 //       (gram32_error_bound: the Gram matrix's and eigensolver's float32 error delta ~ u32 * l_max
 //       carried through the map's derivative, plus the float32 products; +inf unless every
 //       eigenvalue is well above delta) is at most kFloat32Budget = 1/4 of the output's unit
-//       roundoff (2^-8 bf16, 2^-11 fp16), so the result's error is at most ~1.05x its rounding
-//       alone. The CUDA Gram route computes the same W' = Q g(L) Q^T M as the ATen route the bound
+//       roundoff (2^-8 bf16, 2^-11 fp16), so the result's error is at most ~1.03x its rounding
+//       alone (as measured, precision.h). The CUDA Gram route computes the same W' = Q g(L) Q^T M as the ATen route the bound
 //       was derived for (U = Q, Vh = diag(1/s) Q^T M, or the transpose), so the bound holds
 //       for it as it stands; the reconstruction's own error (svs::_reconstruct) comes on top on
 //       every route alike. Any other matrix (rank-deficient, too ill-conditioned, not converged)

@@ -30,7 +30,7 @@ import pytest
 import torch
 
 import svs_kernels
-from tests.csrc.calls import refine, refine_
+from tests.csrc.calls import refine, refine_, refine_with_spectra
 from tests.reference import TOL, assert_matches, reference_bias, reference_refine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,9 +191,9 @@ def test_spectra_match_aten_route_on_the_same_gpu(method):
     weight's device) as the ATen route's within 1e-10 * s_max (float64 inputs, kappa 1e2: the
     Gram routes' error n * eps64 * kappa * s_max <= 7e-12 for n <= 300), and a CUDA route code."""
     ws = [torch.from_numpy(with_spectrum(*s, 1e2, 2.0, 40 + i)) for i, s in enumerate(SHAPES)]
-    new_w, _, spectra, routes = torch.ops.svs.refine_with_spectra(on_device(ws), [None] * len(ws), "sqrt", 1e-8, method)
+    new_w, _, spectra, routes = torch.ops.refine_with_spectra(on_device(ws), [None] * len(ws), "sqrt", 1e-8, method)
     plain_w, _ = refine(on_device(ws), method=method)
-    _, _, aten_spectra, aten_routes = torch.ops.svs.refine_with_spectra(on_device(ws), [None] * len(ws), "sqrt", 1e-8, "aten")
+    _, _, aten_spectra, aten_routes = torch.ops.refine_with_spectra(on_device(ws), [None] * len(ws), "sqrt", 1e-8, "aten")
     names = list(torch.ops.svs._route_names())
     for nw, pw, s, a in zip(new_w, plain_w, spectra, aten_spectra):
         assert_matches(nw.cpu(), pw.cpu().numpy(), 1e-12)
@@ -241,9 +241,9 @@ def test_large_ill_conditioned_matrix_is_redone_exactly():
 
 
 # ---- the float32 plan of bf16/fp16 weights (csrc/precision.h, csrc/cuda/planner.h) ----------------
-# The budget (precision.h's kFloat32Budget): a float32 decomposition adds at most 1/8 of the output's
-# unit roundoff.
-FLOAT32_BUDGET = 1 / 8
+# The budget (precision.h's kFloat32Budget): a float32 decomposition adds at most this share of the
+# output's unit roundoff.
+FLOAT32_BUDGET = torch.ops.svs._gram32(torch.ones(1, 1, 1))[2]
 # (shape, float64 Gram route): k > 32 (per-shape Gram) and k <= 32 < long side (padded), wide and tall.
 GRAM_SHAPES = [((64, 256), "cuda:gram"), ((256, 64), "cuda:gram"), ((16, 200), "cuda:gram-padded"),
                ((200, 16), "cuda:gram-padded")]
@@ -262,7 +262,7 @@ def float32_switch(shape, dtype, seed) -> float:
     the switch."""
     def kept(log_kappa: float) -> bool:
         w = torch.from_numpy(with_spectrum(*shape, 10.0**log_kappa, 1.0, seed)).to(dtype)
-        *_, routes = svs.refine_with_spectra([w])
+        *_, routes = refine_with_spectra([w])
         return routes[0] == "aten:gram32"
 
     lo, hi = 0.0, 8.0
@@ -286,9 +286,9 @@ def test_float32_plan_switches_at_the_bound(shape, route, dtype):
     seed = 20261206
     switch = float32_switch(shape, dtype, seed)
     ws = [torch.from_numpy(with_spectrum(*shape, kappa, 1.0, seed)).to(dtype) for kappa in (switch / 2, switch * 2)]
-    new_w, _, _, routes = svs.refine_with_spectra(on_device(ws))
+    new_w, _, _, routes = refine_with_spectra(on_device(ws))
     assert routes == [route + "32", route], (switch, routes)
-    exact_w, _, _, exact_routes = svs.refine_with_spectra(on_device(ws), method="gram")
+    exact_w, _, _, exact_routes = refine_with_spectra(on_device(ws), method="gram")
     assert exact_routes == [route, route]
     u = torch.finfo(dtype).eps / 2
     for w, nw, ew in zip(ws, new_w, exact_w):
@@ -310,7 +310,7 @@ def test_float32_plan_only_for_half_outputs_under_auto(shape, route):
                                     (torch.bfloat16, "gram", route), (torch.float32, "auto", route),
                                     (torch.float64, "auto", route)]:
         x = w.to(dtype)
-        (out,), _, _, routes = svs.refine_with_spectra(on_device([x]), method=method)
+        (out,), _, _, routes = refine_with_spectra(on_device([x]), method=method)
         assert routes == [expected], (dtype, method)
         assert_matches(out.cpu(), reference_refine(x), CUDA_TOL[dtype])
 
@@ -330,7 +330,7 @@ def test_float32_plan_rank_deficient_and_tiny_inputs_take_float64(shape, dtype, 
     w = (a if m <= n else a.T).contiguous().to(dtype)
     assert torch.equal(w.double(), a if m <= n else a.T)
     tiny = torch.from_numpy(rng.standard_normal((1, 17))).to(dtype)
-    new_w, _, spectra, routes = svs.refine_with_spectra(on_device([w, tiny]))
+    new_w, _, spectra, routes = refine_with_spectra(on_device([w, tiny]))
     assert not routes[0].endswith("32") and routes[1] == "cuda:small", routes
     assert (spectra[0][r:] == 0).all() and (spectra[0][:r] > 0).all()
     for x, out in zip([w, tiny], new_w):

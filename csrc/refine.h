@@ -135,7 +135,7 @@ std::string describe_failure(const double* row, int64_t check);
 // the other layout: V f(S) U^T for a square matrix), "reverse" / "permute" (f applied to the
 // singular values reversed / rotated by one), "map" (another map), "unconverged" (right singular
 // vectors off by noise of relative size 0.3), "swap" (exchanged with the next weight of its
-// shape in the call).
+// chunk: of its shape and dtype, and on the CPU, for small matrices, of its thread's share).
 struct Corruption {
   std::string kind;
   int64_t index = 0;

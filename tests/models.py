@@ -11,6 +11,18 @@ import svs
 from svs.sharded import refine_dir
 
 
+def assert_inf_weight_refused(model, name: str, preset: str) -> None:
+    """Puts an Inf into parameter `name`: refine_model must raise one RefineError naming it and
+    leave every parameter as it was (the preset's norm resets included)."""
+    with torch.no_grad():
+        dict(model.named_parameters())[name][0, 0] = float("inf")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(svs.RefineError, match=f"parameter '{name}'.*NaN or Inf"):
+        svs.refine_model(model, preset=preset)
+    for n, p in model.named_parameters():
+        assert torch.equal(p.nan_to_num(), before[n].nan_to_num()), n
+
+
 def assert_same(a: dict, b: dict):
     assert set(a) == set(b)
     for k in a:

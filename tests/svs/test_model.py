@@ -10,6 +10,7 @@ from torch import nn
 
 import svs
 from tests.csrc.test_cuda import CUDA_TOL, DEVICE, requires_cuda
+from tests.models import assert_inf_weight_refused
 from tests.reference import TOL, assert_matches, reference_refine
 
 def test_dry_run_changes_nothing_and_reports_spectra():
@@ -93,14 +94,7 @@ def test_failure_names_the_parameter_and_changes_nothing():
     ddpm preset not reset either); on the pruned DDPM: tests/experiments/test_pruning.py."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 1), nn.Flatten(), nn.Linear(4, 2))
-    name = "2.weight"
-    with torch.no_grad():
-        dict(model.named_parameters())[name][0, 0] = float("inf")
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    with pytest.raises(svs.RefineError, match=f"parameter '{name}'.*NaN or Inf"):
-        svs.refine_model(model, preset="ddpm")
-    for n, p in model.named_parameters():  # GroupNorm not reset either
-        assert torch.equal(p.nan_to_num(), before[n].nan_to_num()), n
+    assert_inf_weight_refused(model, "2.weight", "ddpm")
 
 
 def test_progress_mode_gives_the_same_result():

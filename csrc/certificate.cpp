@@ -46,6 +46,7 @@
 // Cost: the spectra in host loops; each matrix and its result read by two norms, one dot product
 // and four products with a (2q)-column probe block, O(mn) per matrix, memory-bound
 // (benchmarks/results/certificate-cpu-*.md).
+#include "precision.h"
 #include "refine.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -173,16 +174,21 @@ at::Tensor certify_op(at::TensorList weights, at::TensorList outputs, at::Tensor
 
 std::vector<std::string> check_names() { return {std::begin(kCheckNames), std::end(kCheckNames)}; }
 
+// The spacing of a dtype's subnormal numbers.
+double subnormal_spacing(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble: return std::ldexp(1.0, -1074);
+    case at::kFloat: return std::ldexp(1.0, -149);
+    case at::kHalf: return std::ldexp(1.0, -24);
+    case at::kBFloat16: return std::ldexp(1.0, -133);
+    default: return std::ldexp(1.0, -9);  // float8: the coarsest
+  }
+}
+
 }  // namespace
 
 Precision precision_of(at::ScalarType output, double reconstruct) {
-  switch (output) {
-    case at::kDouble: return {std::ldexp(1.0, -53), std::ldexp(1.0, -1074), reconstruct};
-    case at::kFloat: return {std::ldexp(1.0, -24), std::ldexp(1.0, -149), reconstruct};
-    case at::kHalf: return {std::ldexp(1.0, -11), std::ldexp(1.0, -24), reconstruct};
-    case at::kBFloat16: return {std::ldexp(1.0, -8), std::ldexp(1.0, -133), reconstruct};
-    default: return {std::ldexp(1.0, -3), std::ldexp(1.0, -9), reconstruct};  // float8: the coarsest
-  }
+  return {unit_roundoff(output), subnormal_spacing(output), reconstruct};
 }
 
 at::Tensor certify(const at::Tensor& a, const at::Tensor& out, const at::Tensor& s,

@@ -55,6 +55,11 @@ inline bool is_float32_route(int8_t route) {
   return route == kRouteAtenGram32 || route == kRouteCudaGram32 || route == kRouteCudaGramPadded32;
 }
 
+// The machine epsilon the route's decomposition worked in (the certificate's Precision::decompose).
+inline double decomposition_eps(int8_t route) {
+  return is_float32_route(route) ? std::numeric_limits<float>::epsilon() : kEps64;
+}
+
 // Whether a route's singular values come from eigenvalues of a Gram matrix (its error grows
 // with the condition number; the certificate's tolerance follows it).
 inline bool is_gram_route(int8_t route) {

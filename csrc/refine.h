@@ -67,6 +67,11 @@ at::Tensor apply_map(const at::Tensor& s, const at::Tensor& s_max, const at::Ten
 // b / sqrt(||b||_2 + eps), computed in float64, returned in b's dtype.
 at::Tensor scale_bias(const at::Tensor& bias, double eps);
 
+// x * 2^k (float64) for an integer-valued tensor k, |k| <= 1074: exact unless the result leaves
+// the normal range, in two factors built from their bits, so that every k a float64 can need has
+// representable ones. The exact scaling of the routes (ATen and CUDA Gram).
+at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& k);
+
 // What a call learned per weight (svs::refine_with_spectra): the singular values of the flattened
 // weight (float64, descending, zero below the rank tolerance, on the weight's device) and the
 // RouteCode that computed them.

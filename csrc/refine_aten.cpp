@@ -41,18 +41,6 @@ struct Refined {
   at::Tensor out, spectra, routes;
 };
 
-// 2^k for an integer-valued tensor k within the normal exponent range, built from its bits (exact).
-at::Tensor pow2(const at::Tensor& k) {
-  return at::bitwise_left_shift(k.to(at::kLong) + 1023, 52).view(at::kDouble);
-}
-
-// x * 2^k, exact unless the result leaves the normal range, in two factors so that every k a
-// float64 can need (-1074 to 1024) has representable ones.
-at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& k) {
-  const at::Tensor half = at::floor_divide(k, 2);
-  return x * pow2(half) * pow2(k - half);
-}
-
 // Entries within 2^+-kUnscaledRange need no scaling: the Gram matrix (squares summed over fewer
 // than 2^31 terms) and every map's result stay far inside float64's range (2^+-1022), so the common
 // case skips the scaling passes.
@@ -214,7 +202,7 @@ void certify_chunk(const at::Tensor& a, const std::vector<at::Tensor>& outputs, 
   const std::vector<int8_t> codes(routes.data_ptr<int8_t>(), routes.data_ptr<int8_t>() + routes.numel());
   std::vector<Precision> precision;
   for (int8_t code : codes) {
-    const double u = is_float32_route(code) ? std::numeric_limits<float>::epsilon() : kEps64;
+    const double u = decomposition_eps(code);
     precision.push_back(Precision{0.0, 0.0, (k + 2) * u, u});
   }
   const at::Tensor scores = certify(a, refined.out, refined.spectra, codes, map, precision).cpu().contiguous();

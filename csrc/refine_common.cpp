@@ -155,6 +155,14 @@ at::Tensor scale_bias(const at::Tensor& bias, double eps) {
   return (b / (b.norm() + eps).sqrt()).to(bias.scalar_type());
 }
 
+at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& k) {
+  const auto pow2 = [](const at::Tensor& e) {
+    return at::bitwise_left_shift(e.to(at::kLong) + 1023, 52).view(at::kDouble);
+  };
+  const at::Tensor half = at::floor_divide(k, 2);
+  return x * pow2(half) * pow2(k - half);
+}
+
 namespace {
 
 // In place, all or nothing: the functional op computes (and certifies) every result of the call

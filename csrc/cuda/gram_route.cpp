@@ -44,14 +44,6 @@ std::vector<std::pair<int64_t, int64_t>> shape_runs(const std::vector<int>& ids,
   return runs;
 }
 
-// x * 2^k (k integer-valued, |k| <= 1074), exact within the normal range: two factors built from
-// their bits, so that every k a float64 matrix can need has representable ones (float64 result).
-at::Tensor times_pow2(const at::Tensor& x, const at::Tensor& k) {
-  const auto pow2 = [](const at::Tensor& e) { return at::bitwise_left_shift(e + 1023, 52).view(at::kDouble); };
-  const at::Tensor half = at::floor_divide(k, 2);
-  return x * pow2(half) * pow2(k - half);
-}
-
 }  // namespace
 
 template <typename T>

@@ -118,7 +118,7 @@ void certify_or_recompute(at::TensorList weights, std::vector<at::Tensor>& outpu
       routes.push_back(spectra.routes[i]);
       const at::ScalarType dtype = outputs[i].scalar_type();
       precision.push_back(precision_of(dtype, reconstruct_error(dtype, std::min(rows, cols))));
-      if (is_float32_route(routes.back())) precision.back().decompose = std::numeric_limits<float>::epsilon();
+      precision.back().decompose = decomposition_eps(routes.back());
     }
     const at::Tensor a64 = at::stack(a), s64 = at::stack(s);
     at::Tensor out64 = at::stack(out);

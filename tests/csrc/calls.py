@@ -25,3 +25,17 @@ def refine_with_spectra(weights, biases=None, **options):
     new_w, new_b, spectra, codes = torch.ops.svs.refine_with_spectra(weights, _biases(weights, biases), **options)
     names = list(torch.ops.svs._route_names())
     return new_w, new_b, spectra, [names[c] for c in codes.tolist()]
+
+
+def float32_switch(make, lo=1.0, hi=1e4, steps=20):
+    """(below, above): condition numbers bracketing where the CPU kernel stops keeping its float32
+    result (route aten:gram32, csrc/precision.h) for the weight make(kappa): bisection on log kappa,
+    `steps` halvings."""
+    def kept(kappa):
+        return refine_with_spectra([make(kappa)])[3] == ["aten:gram32"]
+
+    assert kept(lo) and not kept(hi)
+    for _ in range(steps):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if kept(mid) else (lo, mid)
+    return lo, hi

@@ -30,7 +30,7 @@ import pytest
 import torch
 
 import svs_kernels
-from tests.csrc.calls import refine, refine_, refine_with_spectra
+from tests.csrc.calls import float32_switch, refine, refine_, refine_with_spectra
 from tests.reference import TOL, assert_matches, reference_bias, reference_refine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,24 +253,17 @@ def relative_error(out: torch.Tensor, ref: np.ndarray) -> float:
     return float(np.linalg.norm(out.detach().cpu().double().numpy() - ref) / np.linalg.norm(ref))
 
 
-def float32_switch(shape, dtype, seed) -> float:
+def cpu_switch(shape, dtype, seed) -> float:
     """The condition number where the CPU kernel stops keeping its float32 Gram result
-    (aten:gram32) for with_spectrum(*shape, kappa, 1.0, seed) in `dtype`: bisection on log10 kappa.
+    (aten:gram32) for with_spectrum(*shape, kappa, 1.0, seed) in `dtype` (calls.float32_switch).
     The CPU and CUDA kernels decide with the same gram32_within_budget, each on its own float32
     Gram eigenvalues; those differ by float32 rounding only, far less than the factor 2 in kappa
     (2^1.5 in the bound, 4 in the smallest eigenvalue against its floor) that the tests keep from
     the switch."""
-    def kept(log_kappa: float) -> bool:
-        w = torch.from_numpy(with_spectrum(*shape, 10.0**log_kappa, 1.0, seed)).to(dtype)
-        *_, routes = refine_with_spectra([w])
-        return routes[0] == "aten:gram32"
+    def make(kappa: float) -> torch.Tensor:
+        return torch.from_numpy(with_spectrum(*shape, kappa, 1.0, seed)).to(dtype)
 
-    lo, hi = 0.0, 8.0
-    assert kept(lo) and not kept(hi)
-    for _ in range(24):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if kept(mid) else (lo, mid)
-    return 10.0**lo
+    return float32_switch(make, 1.0, 1e8, 24)[0]
 
 
 @requires_cuda
@@ -284,7 +277,7 @@ def test_float32_plan_switches_at_the_bound(shape, route, dtype):
     float32 decomposition's share; both results share the output rounding and the reconstruction's
     TF32 error, which the float64 route's error already contains)."""
     seed = 20261206
-    switch = float32_switch(shape, dtype, seed)
+    switch = cpu_switch(shape, dtype, seed)
     ws = [torch.from_numpy(with_spectrum(*shape, kappa, 1.0, seed)).to(dtype) for kappa in (switch / 2, switch * 2)]
     new_w, _, _, routes = refine_with_spectra(on_device(ws))
     assert routes == [route + "32", route], (switch, routes)
@@ -304,7 +297,7 @@ def test_float32_plan_only_for_half_outputs_under_auto(shape, route):
     """float32 and float64 weights keep the float64 routes, and so does an explicit method="gram"
     for bf16/fp16 (as on the CPU): at a condition number where a bf16 weight takes the float32 route."""
     seed = 20261207
-    kappa = float32_switch(shape, torch.bfloat16, seed) / 2
+    kappa = cpu_switch(shape, torch.bfloat16, seed) / 2
     w = torch.from_numpy(with_spectrum(*shape, kappa, 1.0, seed))
     for dtype, method, expected in [(torch.bfloat16, "auto", route + "32"), (torch.float16, "gram", route),
                                     (torch.bfloat16, "gram", route), (torch.float32, "auto", route),

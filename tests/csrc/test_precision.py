@@ -16,11 +16,10 @@ import torch
 import svs_kernels  # noqa: F401  (registers torch.ops.svs)
 
 from ..reference import reference_refine, rel_err
+from .calls import float32_switch, refine_with_spectra
 
-ROUTES = torch.ops.svs._route_names()
 MAPS = ("sqrt", "log1p", "abslog", "power:0.3", "ones", "spectral", "square", "identity")
 HALF = (torch.bfloat16, torch.float16)
-UNIT = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
 
 
 def matrix(rng, m, n, kappa, kind="loglin", scale=1.0):
@@ -44,8 +43,7 @@ def rounded(x: np.ndarray, dtype) -> torch.Tensor:
 
 
 def routes_of(weights, **kw):
-    _, _, _, routes = torch.ops.svs.refine_with_spectra(weights, [None] * len(weights), **kw)
-    return [ROUTES[r] for r in routes.tolist()]
+    return refine_with_spectra(weights, **kw)[3]
 
 
 # ---- 1. the bound holds -----------------------------------------------------------------------
@@ -75,32 +73,17 @@ def test_the_bound_is_unbounded_where_float32_cannot_resolve(rng):
 
 
 # ---- 2. the operator follows the plan -----------------------------------------------------------
-def switch_kappa(rng, dtype, shape=(64, 128), kind="loglin"):
-    """Condition numbers just below and just above where the bound crosses the dtype's budget, on
-    one family U diag(s(kappa)) V^T (bisection on log kappa, 20 steps)."""
-    budget_share = torch.ops.svs._gram32(rounded(matrix(rng, 2, 2, 1.0), dtype).unsqueeze(0))[2]
-    budget = budget_share * UNIT[dtype]
-    seed = int(rng.integers(2 ** 31))
-
-    def bound(kappa):
-        w = rounded(matrix(np.random.default_rng(seed), *shape, kappa, kind), dtype)
-        return torch.ops.svs._gram32(w.unsqueeze(0))[1].item()
-
-    lo, hi = 1.0, 1e4
-    assert bound(lo) <= budget < bound(hi)
-    for _ in range(20):
-        mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if bound(mid) <= budget else (lo, mid)
-    return seed, lo, hi
-
-
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("kind", ["loglin", "one"])
 def test_the_switch_at_the_boundary(dtype, kind, rng):
     """Just below the switch: the float32 route, within 1.05x of the rounding of the reference.
     Just above: a float64 route, no worse than the rounding of the reference (+ 1e-6)."""
-    seed, lo, hi = switch_kappa(rng, dtype, kind=kind)
-    below, above = (rounded(matrix(np.random.default_rng(seed), 64, 128, kappa, kind), dtype) for kappa in (lo, hi))
+    seed = int(rng.integers(2 ** 31))
+
+    def make(kappa):
+        return rounded(matrix(np.random.default_rng(seed), 64, 128, kappa, kind), dtype)
+
+    below, above = (make(kappa) for kappa in float32_switch(make))
     assert routes_of([below, above]) == ["aten:gram32", "aten:gram"]
     for w in (below, above):
         ref = reference_refine(w)
